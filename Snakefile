@@ -1,0 +1,29 @@
+# Fast-Slow Training experiments as file-based stages. Logic lives in src/fst; rules call `fst <stage>`.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/round.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+onstart:
+    print(f"fst-workflow: experiment '{EXPERIMENT}', results in {EXP_DIR}/")
+
+
+onerror:
+    print(f"fst-workflow failed: see the rule's log under {EXP_DIR}/ (finished stages are kept).")
+
+
+rule all:
+    default_target: True
+    input:
+        final_outputs(),

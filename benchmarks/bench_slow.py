@@ -1,0 +1,212 @@
+"""Benchmark the slow stage against a bare TRL GRPOTrainer on the same stored batch.
+
+    python benchmarks/bench_slow.py [--model DIR] [--full] [--steps T] [--repeats N]
+
+Both arms train the same model on the same rollouts (8 sequences per step, <= 48 new tokens, groups
+of 4 mixing two system prompts) with the same GRPOConfig, in this process, alternating. A step is
+timed from Trainer's on_step_begin to on_step_end (forward, backward, optimizer; the first step of a
+round also scores the batch under the starting and reference weights). Peak memory is this process's
+ru_maxrss. Prints a table and writes benchmarks/results/slow.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from fst.slow import SlowConfig, StoredRollouts, _grpo_args, load_round, run_slow_update, stored_reward
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = ROOT / "tests" / ".cache" / "smollm2"
+RESULTS = ROOT / "benchmarks" / "results" / "slow.json"
+SYSTEM = ("Answer with the number only.", "Think step by step, then give the number.")
+MAX_NEW_TOKENS = 48
+
+
+def base_model(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    from fst.model import MODEL_RECORD, PACKAGED_SMOLLM2, prepare_base_model
+
+    if not (DEFAULT_MODEL / MODEL_RECORD).is_file():
+        prepare_base_model(PACKAGED_SMOLLM2, DEFAULT_MODEL)
+    return DEFAULT_MODEL
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _completion_logprobs(model, prompt_ids: list[int], completion: list[int]) -> list[float]:
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + completion])).logits[0, len(prompt_ids) - 1 : -1]
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None])[:, 0].tolist()
+
+
+def make_rollouts(model_dir: Path, cfg: SlowConfig) -> pd.DataFrame:
+    """Sample one round of groups (system prompts alternating inside each group) and score them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    eos = tokenizer.eos_token_id
+    rows = []
+    for g in range(cfg.steps_per_round * cfg.batch_size // cfg.group_size):
+        a, b = 3 + 7 * g, 11 + 5 * g
+        user = f"What is {a} + {b}?"
+        systems = [SYSTEM[s % 2] for s in range(cfg.group_size)]
+        prompts = [
+            tokenizer.apply_chat_template(
+                [{"role": "system", "content": s}, {"role": "user", "content": user}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            for s in systems
+        ]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True)
+        torch.manual_seed(g)
+        out = model.generate(**batch, do_sample=True, top_k=0, temperature=cfg.temperature,
+                             max_new_tokens=MAX_NEW_TOKENS)  # fmt: skip
+        for s, system in enumerate(systems):
+            prompt_ids = batch["input_ids"][s][batch["attention_mask"][s].bool()].tolist()
+            completion = out[s, batch["input_ids"].shape[1] :].tolist()
+            completion = completion[: completion.index(eos) + 1] if eos in completion else completion
+            text = tokenizer.decode(completion, skip_special_tokens=True)
+            rows.append({
+                "round": 0, "problem_id": f"add-{g}", "task": "math", "group_index": g,
+                "sample_index": s, "member_id": f"m{s % 2}", "system_text": system, "user_text": user,
+                "prompt_ids": prompt_ids, "completion_text": text, "completion_ids": completion,
+                "logprobs": _completion_logprobs(model, prompt_ids, completion),
+                "finish_reason": "stop" if completion[-1] == eos else "length",
+                "backend": "transformers", "seed": g, "temperature": cfg.temperature,
+                "reward": float(str(a + b) in text), "components": "{}", "feedback": "",
+                "answer": str(a + b),
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+class StepTimer:
+    """Adds a step timer to every GRPOTrainer built while it is installed (stage and bare alike)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+        from trl import GRPOTrainer
+
+        self.durations: list[float] = []
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                timer.durations.append(time.perf_counter() - self.t0)
+
+        original = GRPOTrainer.__init__
+
+        def init(trainer, *args, **kwargs):
+            original(trainer, *args, **kwargs)
+            trainer.add_callback(Callback())
+
+        GRPOTrainer.__init__ = init
+
+    def take(self) -> list[float]:
+        durations, self.durations = self.durations, []
+        return durations
+
+
+def run_stage(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None:
+    run_slow_update(scored, model_dir, model_dir, work / "policy", work / "state", 0, cfg)
+
+
+def run_bare(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None:
+    """Plain GRPOTrainer, same arguments, a minimal rollout_func over the same rows."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    rows = load_round(scored, 0, cfg)
+    trainer = GRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype)),
+        reward_funcs=stored_reward,
+        args=_grpo_args(cfg, work / "state", 0),
+        train_dataset=Dataset.from_dict({"prompt": [f"group {g}" for g in rows["group_index"].unique()]}),
+        processing_class=AutoTokenizer.from_pretrained(model_dir),
+        peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
+        rollout_func=StoredRollouts(rows),
+    )
+    trainer.train()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="base model folder (default: SmolLM2-135M, prepared once)")
+    parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
+    parser.add_argument("--steps", type=int, default=3, help="optimiser steps per run (T)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per arm, alternating")
+    opts = parser.parse_args()
+
+    model_dir = base_model(opts.model)
+    cfg = SlowConfig(steps_per_round=opts.steps, batch_size=8, group_size=4,
+                     max_completion_length=MAX_NEW_TOKENS, warmup_steps=0)  # fmt: skip
+    cfg = replace(cfg, lora=replace(cfg.lora, enabled=not opts.full))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        scored = tmp / "scored.parquet"
+        make_rollouts(model_dir, cfg).to_parquet(scored, index=False)
+        rollout_s = time.perf_counter() - t0
+        rss_after_rollouts = peak_rss_mb()
+        timer = StepTimer()
+        arms = {"stage": run_stage, "bare": run_bare}
+        steps = {name: [] for name in arms}
+        wall = {name: [] for name in arms}
+        for rep in range(opts.repeats):
+            for name, run in arms.items():
+                work = tmp / f"{name}-{rep}"
+                t0 = time.perf_counter()
+                run(scored, model_dir, cfg, work)
+                wall[name].append(time.perf_counter() - t0)
+                steps[name] += timer.take()
+
+    step_s = {name: statistics.mean(v) for name, v in steps.items()}
+    result = {
+        "model": str(model_dir),
+        "mode": "full" if opts.full else f"lora r={cfg.lora.r}",
+        "sequences_per_step": cfg.batch_size,
+        "max_new_tokens": MAX_NEW_TOKENS,
+        "steps_per_run": cfg.steps_per_round,
+        "repeats": opts.repeats,
+        "step_s": step_s,
+        "step_s_all": steps,
+        "run_wall_s": {name: statistics.mean(v) for name, v in wall.items()},
+        "step_ratio_stage_over_bare": step_s["stage"] / step_s["bare"],
+        "rollout_generation_s": rollout_s,
+        "peak_rss_mb_after_rollouts": rss_after_rollouts,
+        "peak_rss_mb": peak_rss_mb(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.platform(),
+        "versions": {m.__name__: m.__version__ for m in map(__import__, ("torch", "transformers", "trl"))},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'arm':<6} {'step s (mean)':>14} {'run wall s':>11}")
+    for name in arms:
+        print(f"{name:<6} {step_s[name]:>14.2f} {result['run_wall_s'][name]:>11.1f}")
+    print(f"step ratio stage/bare: {result['step_ratio_stage_over_bare']:.3f} (target <= 1.1)")
+    print(f"peak RSS: {result['peak_rss_mb']:.0f} MB ({rss_after_rollouts:.0f} MB after rollouts)")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

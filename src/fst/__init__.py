@@ -1,0 +1,1 @@
+"""Fast-Slow Training: slow weights by RL (CISPO), fast weights by GEPA, as file-based stages."""

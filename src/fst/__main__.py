@@ -1,0 +1,3 @@
+from fst.cli import main
+
+main()

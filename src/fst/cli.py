@@ -1,0 +1,318 @@
+"""`fst <stage>`: one subcommand per workflow stage, so any stage can be rerun by hand from its log.
+
+Each stage reads its inputs, writes its outputs atomically and a provenance record beside them.
+Heavy imports (torch, transformers, TRL) happen inside the stage functions and are timed there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from fst import artifacts
+from fst.artifacts import Provenance
+
+log = logging.getLogger("fst")
+
+
+def _json(text: str):
+    return json.loads(text)
+
+
+def _since_process_start() -> float:
+    return round(time.time() - psutil.Process().create_time(), 3)
+
+
+def cmd_prepare_model(args) -> None:
+    """Base model stage: the configured source as a plain Hugging Face folder."""
+    from fst.model import prepare_base_model
+
+    prov = Provenance("prepare_model", {}, {"source": args.source, "dtype": args.dtype})
+    with prov.timed("model_load_and_save"):
+        record = prepare_base_model(args.source, args.out, args.dtype)
+    prov.count(parameters=record["parameters"])
+    prov.write(args.provenance, {"model": args.out})
+
+
+def cmd_tasks(args) -> None:
+    """Task stage: one family's (or the user's) problems split into train/val/test."""
+    from fst.data import build_task_data
+
+    sizes = _json(args.sizes)
+    prov = Provenance(
+        "tasks",
+        {"data_file": args.data_file} if args.data_file else {},
+        {"task": args.task, "seed": args.seed, "sizes": sizes},
+        seed=args.seed,
+    )
+    frame = build_task_data(args.task, args.seed, sizes, args.data_file)
+    artifacts.write_parquet(frame, args.out)
+    prov.count(**{f"problems_{k}": int(v) for k, v in frame["split"].value_counts().items()})
+    prov.write(args.provenance, {"data": args.out})
+
+
+def cmd_seed_population(args) -> None:
+    """Write Φ_0: the seed system prompt as a one-member population."""
+    from fst.population import save_population, seed_population
+
+    prov = Provenance("seed_population", {}, {"prompt": args.prompt})
+    save_population(seed_population(args.prompt), args.out, 0)
+    prov.write(args.provenance, {"population": args.out})
+
+
+def cmd_fast(args) -> None:
+    """Fast-weight update. Arm rl keeps its fixed seed prompt: the population passes through unchanged."""
+    from fst.population import load_population, save_population
+
+    prov = Provenance("fast", {"population_in": args.population_in}, {"arm": args.arm}, seed=args.seed)
+    members = load_population(args.population_in)
+    save_population(members, args.out, args.round)
+    prov.count(members=len(members), reflection_calls=0, metric_calls=0)
+    prov.write(args.provenance, {"population": args.out})
+
+
+def _load_model(policy: str, dtype: str, prov: Provenance):
+    with prov.timed("imports"):
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+
+        from fst.policy import load_policy
+    with prov.timed("model_load"):
+        return load_policy(Path(policy), dtype)
+
+
+def cmd_rollout(args) -> None:
+    """Rollout stage: G completions per problem of this round under θ_c and Φ_{c+1}."""
+    from fst.data import load_split, round_problems
+    from fst.generation import SamplingSettings
+    from fst.population import load_population
+
+    cfg = _json(args.settings)
+    inputs = {"policy": args.policy, "population": args.population, "data": args.data}
+    prov = Provenance("rollout", inputs, cfg, seed=args.seed)
+    model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    problems = round_problems(load_split(args.data, "train"), args.seed, args.round, cfg["problems"])
+    settings = SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+    from fst.rollout import generate_rollouts
+
+    with prov.timed("generate"):
+        rows = generate_rollouts(
+            model,
+            tokenizer,
+            problems,
+            load_population(args.population),
+            cfg["group_size"],
+            settings,
+            seed=args.seed * 1_000_003 + args.round,
+            round_index=args.round,
+        )
+    artifacts.write_parquet(rows, args.out)
+    prov.count(
+        rollouts=len(rows),
+        completion_tokens=int(rows["completion_ids"].map(len).sum()),
+        prompt_tokens=int(rows["prompt_ids"].map(len).sum()),
+    )
+    prov.record["timings_s"]["process_start"] = args.process_start
+    prov.write(args.provenance, {"rollouts": args.out})
+
+
+def cmd_score(args) -> None:
+    """Score stage: reward, components and feedback for every rollout."""
+    import pandas as pd
+
+    from fst.data import SPLITS, load_split
+    from fst.reward import score_rollouts
+
+    prov = Provenance("score", {"rollouts": args.rollouts, "data": args.data}, {})
+    problems = {p.id: p for split in SPLITS for p in load_split(args.data, split)}
+    scored = score_rollouts(pd.read_parquet(args.rollouts), problems)
+    artifacts.write_parquet(scored, args.out)
+    prov.count(rollouts=len(scored), correct=int((scored["reward"] > 0).sum()))
+    prov.write(args.provenance, {"scored": args.out})
+
+
+def cmd_slow(args) -> None:
+    """Slow stage: T CISPO steps (TRL) on the round's stored, scored rollouts."""
+    cfg = _json(args.settings)
+    inputs = {"scored": args.scored, "policy_in": args.policy_in, "base_model": args.base_model}
+    prov = Provenance("slow", inputs, cfg, seed=cfg.get("seed"))
+    with prov.timed("imports"):
+        from fst.slow import SlowConfig, run_slow_update
+    with prov.timed("train"):
+        metrics = run_slow_update(
+            Path(args.scored),
+            Path(args.policy_in),
+            Path(args.base_model),
+            Path(args.out),
+            Path(args.state_dir),
+            args.round,
+            SlowConfig.from_dict(cfg),
+        )
+    artifacts.write_json(metrics, args.metrics)
+    prov.count(optimizer_steps=cfg["steps_per_round"], rollouts_trained=metrics.get("rollouts", 0))
+    prov.record["timings_s"]["process_start"] = args.process_start
+    prov.write(args.provenance, {"policy": args.out, "metrics": args.metrics})
+
+
+def cmd_evaluate(args) -> None:
+    """Evaluation stage: validation mean@k, KL to the base model, out-of-domain accuracy."""
+    import pandas as pd
+
+    from fst.data import load_split
+    from fst.evaluate import evaluate
+    from fst.generation import SamplingSettings
+    from fst.policy import load_policy
+    from fst.population import best_member, load_population
+    from fst.tasks.splits import frame_to_problems
+
+    cfg = _json(args.settings)
+    inputs = {"policy": args.policy, "population": args.population, "data": args.data}
+    prov = Provenance("evaluate", inputs, cfg, seed=args.seed)
+    model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    base = None
+    if Path(args.policy).resolve() != Path(args.base_model).resolve():
+        with prov.timed("base_model_load"):
+            base, _ = load_policy(Path(args.base_model), cfg["dtype"])
+    ood = {}
+    for path in args.ood:
+        frame = pd.read_parquet(path)
+        problems = frame_to_problems(frame[frame["split"] == "val"])[: cfg["ood_problems"]]
+        if problems:
+            ood[problems[0].task] = problems
+    settings = SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+    with prov.timed("generate_and_score"):
+        table, samples = evaluate(
+            model,
+            tokenizer,
+            base,
+            load_split(args.data, "val"),
+            best_member(load_population(args.population)),
+            ood,
+            cfg["k"],
+            settings,
+            seed=args.seed * 1_000_003 + 500_000 + args.after_rounds,
+        )
+    table.insert(0, "after_rounds", args.after_rounds)
+    artifacts.write_parquet(table, args.out)
+    artifacts.write_parquet(samples, args.samples)
+    prov.count(eval_rollouts=len(samples))
+    prov.record["timings_s"]["process_start"] = args.process_start
+    prov.write(args.provenance, {"eval": args.out, "samples": args.samples})
+    for row in table.itertuples():
+        log.info("%s %s %s = %.4f (n=%d)", row.task, row.setting, row.metric, row.value, row.n)
+
+
+def cmd_track(args) -> None:
+    """Mirror one evaluation point (and the slow metrics that led to it) into MLflow; never fails."""
+    import os
+
+    import pandas as pd
+
+    # MLflow's defaults retry a dead tracking server for minutes; a stage should give up quickly
+    # (the files stay complete, and a rerun fills in the missing points). No network: no telemetry.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+    from fst.tracking import flatten, mirror_round, resolve_tracking_uri
+
+    table = pd.read_parquet(args.eval)
+    metrics = {f"{r.task}/{r.setting}/{r.metric}": float(r.value) for r in table.itertuples()}
+    if args.slow_metrics:
+        slow = artifacts.read_json(args.slow_metrics)
+        metrics.update({f"train/{k}": float(v) for k, v in slow.items() if isinstance(v, int | float)})
+    rollouts = sum(artifacts.read_json(p)["counts"]["rollouts"] for p in args.rollout_provenance)
+    uri = resolve_tracking_uri(args.uri, Path(args.results_dir))
+    status = mirror_round(
+        uri,
+        args.experiment,
+        {"point": args.point, "arm": args.arm, "seed": str(args.seed)},
+        flatten(_json(args.params)),
+        metrics,
+        step=args.after_rounds,
+        extra_steps={"rl_steps": args.after_rounds * args.steps_per_round, "rollouts": rollouts},
+    )
+    if not status.get("ok"):
+        log.warning("MLflow mirror failed (the files are complete; rerun to fill in): %s", status)
+    artifacts.write_json({**status, "uri": uri}, args.out)
+
+
+def cmd_summarize(args) -> None:
+    """Summary stage: all runs' evaluations in one table, and the reward curve."""
+    from fst.summary import collect, plot_reward_curve, rollouts_per_round
+
+    table = collect(args.evals, args.steps_per_round, rollouts_per_round(args.rollout_provenance))
+    artifacts.write_parquet(table, args.out)
+    with artifacts.atomic_path(Path(args.plot)) as tmp:
+        plot_reward_curve(table, tmp.with_suffix(".png"))
+        tmp.with_suffix(".png").replace(tmp)
+
+
+# Arguments per stage: "name" a required string, "name:int" a required integer, "name?" optional,
+# "name*" zero or more values, "name+" one or more.
+_STAGES = {
+    "prepare-model": (cmd_prepare_model, "source dtype out provenance"),
+    "tasks": (cmd_tasks, "task seed:int sizes data_file? out provenance"),
+    "seed-population": (cmd_seed_population, "prompt out provenance"),
+    "fast": (cmd_fast, "arm round:int seed:int population_in out provenance"),
+    "rollout": (cmd_rollout, "policy population data round:int seed:int settings out provenance"),
+    "score": (cmd_score, "rollouts data out provenance"),
+    "slow": (
+        cmd_slow,
+        "scored policy_in base_model state_dir round:int settings out metrics provenance",
+    ),
+    "evaluate": (
+        cmd_evaluate,
+        "policy population base_model data ood* after_rounds:int seed:int settings out samples provenance",
+    ),
+    "track": (
+        cmd_track,
+        "eval slow_metrics? rollout_provenance* results_dir experiment point arm seed:int "
+        "after_rounds:int steps_per_round:int params uri? out",
+    ),
+    "summarize": (cmd_summarize, "evals+ rollout_provenance+ steps_per_round:int out plot"),
+}
+
+
+def _add_argument(parser: argparse.ArgumentParser, spec: str) -> None:
+    name, _, kind = spec.partition(":")
+    options: dict = {"required": True}
+    if name[-1] in "?*+":
+        name, mark = name[:-1], name[-1]
+        options = {"default": None} if mark == "?" else {"nargs": mark, "default": []}
+        options["required"] = mark == "+"
+    if kind == "int":
+        options["type"] = int
+    parser.add_argument(f"--{name.replace('_', '-')}", dest=name, **options)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fst", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (func, specs) in _STAGES.items():
+        stage = sub.add_parser(name, help=func.__doc__.splitlines()[0])
+        for spec in specs.split():
+            _add_argument(stage, spec)
+        stage.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    process_start = _since_process_start()
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    args = _parser().parse_args(argv)
+    args.process_start = process_start
+    log.info("fst %s", " ".join(sys.argv[1:] if argv is None else argv))
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Policy sampling with transformers on CPU (or one GPU): the backend behind rollouts and evaluation.
+
+Returns token ids and the log-probabilities the sampler really used (after temperature and top-p),
+which is what CISPO's importance ratio needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 48
+    temperature: float = 1.0  # 0 means greedy
+    top_p: float = 1.0
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Completion:
+    ids: list[int]  # generated tokens, ending with eos when finish_reason == "stop"
+    logprobs: list[float]  # log-probability of each generated token under the sampling distribution
+    finish_reason: str  # "stop" or "length"
+    text: str
+
+
+def chat_prompt_ids(tokenizer, system_text: str, user_text: str) -> list[int]:
+    """Token ids of the chat-templated prompt with an explicit system message.
+
+    Always explicit (an empty string for "no prompt"): SmolLM2's template would otherwise inject
+    its own default system prompt and the fast weights would not be what the model saw.
+    """
+    messages = [
+        {"role": "system", "content": system_text},
+        {"role": "user", "content": user_text},
+    ]
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
+def _trim(ids: list[int], logprobs: list[float], eos_id: int) -> tuple[list[int], list[float], str]:
+    if eos_id in ids:
+        end = ids.index(eos_id) + 1
+        return ids[:end], logprobs[:end], "stop"
+    return ids, logprobs, "length"
+
+
+def _generate_batch(model, tokenizer, prompts: list[list[int]], settings: SamplingSettings):
+    import torch
+
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    greedy = settings.temperature == 0
+    sampling = {} if greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention,
+            max_new_tokens=settings.max_new_tokens,
+            do_sample=not greedy,
+            top_k=0 if not greedy else None,
+            output_scores=True,
+            return_dict_in_generate=True,
+            pad_token_id=pad,
+            eos_token_id=tokenizer.eos_token_id,
+            **sampling,
+        )
+    new_tokens = out.sequences[:, width:]
+    # out.scores are the processed logits the sampler drew from (temperature and top-p applied).
+    scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)
+    chosen = scores.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+    return new_tokens.tolist(), chosen.tolist()
+
+
+def sample(model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, seed: int):
+    """One completion per prompt (repeat a prompt to get several), in batches, seeded per batch."""
+    import torch
+
+    completions: list[Completion] = []
+    started = time.perf_counter()
+    tokens = 0
+    for start in range(0, len(prompts), settings.batch_size):
+        torch.manual_seed(seed + start)
+        batch = prompts[start : start + settings.batch_size]
+        ids, logprobs = _generate_batch(model, tokenizer, batch, settings)
+        for row_ids, row_lp in zip(ids, logprobs, strict=True):
+            kept, kept_lp, reason = _trim(row_ids, row_lp, tokenizer.eos_token_id)
+            text = tokenizer.decode(kept, skip_special_tokens=True)
+            completions.append(Completion(kept, kept_lp, reason, text))
+            tokens += len(kept)
+        elapsed = time.perf_counter() - started
+        log.info(
+            "generated %d/%d completions, %d tokens, %.1f tok/s",
+            len(completions),
+            len(prompts),
+            tokens,
+            tokens / max(elapsed, 1e-9),
+        )
+    return completions

@@ -1,0 +1,36 @@
+rule tasks:
+    output:
+        data=data_path("{task}"),
+        provenance=f"{EXP_DIR}/provenance/data_{{task}}.json",
+    log:
+        f"{EXP_DIR}/logs/data_{{task}}.log",
+    params:
+        seed=config["tasks"]["seed"],
+        sizes=as_json(config["tasks"]["sizes"]),
+        data_file=lambda w: (
+            f"--data-file {config['tasks']['data_file']}" if w.task == "user" else ""
+        ),
+    message:
+        "Building the {wildcards.task} problems (train/val/test)"
+    conda:
+        ENV
+    shell:
+        "fst tasks --task {wildcards.task} --seed {params.seed} --sizes {params.sizes:q} "
+        "{params.data_file} --out {output.data} --provenance {output.provenance} 2> {log}"
+
+
+rule seed_population:
+    output:
+        EXP_DIR + "/{point}/population_seed.json",
+    log:
+        EXP_DIR + "/{point}/logs/population_seed.log",
+    params:
+        prompt=config["prompts"]["seed"],
+        provenance=EXP_DIR + "/{point}/provenance/population_seed.json",
+    message:
+        "Writing the seed population (Φ_0)"
+    conda:
+        ENV
+    shell:
+        "fst seed-population --prompt {params.prompt:q} --out {output} "
+        "--provenance {params.provenance} 2> {log}"

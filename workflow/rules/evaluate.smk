@@ -1,0 +1,40 @@
+# Evaluation of the state after k rounds (k = 0 is the base model with the seed prompt).
+
+
+def policy_after(wildcards):
+    return policy_before(int(wildcards.k))
+
+
+def population_after(wildcards):
+    return population_before(int(wildcards.k))
+
+
+rule evaluate:
+    input:
+        policy=policy_after,
+        population=population_after,
+        base_model=f"{EXP_DIR}/base_model",
+        data=data_path(TRAIN_TASK),
+        ood=[data_path(task) for task in config["tasks"]["ood"]],
+    output:
+        eval=AFTER + "/eval.parquet",
+        samples=AFTER + "/samples.parquet",
+        provenance=AFTER + "/provenance.json",
+    log:
+        AFTER + "/evaluate.log",
+    benchmark:
+        AFTER + "/benchmark.tsv"
+    params:
+        settings=as_json(
+            sampling_settings()
+            | {k: config["evaluation"][k] for k in ("k", "ood_problems")}
+        ),
+    message:
+        "{wildcards.arm} seed {wildcards.seed}: evaluation after {wildcards.k} rounds"
+    conda:
+        ENV
+    shell:
+        "fst evaluate --policy {input.policy} --population {input.population} "
+        "--base-model {input.base_model} --data {input.data} --ood {input.ood} "
+        "--after-rounds {wildcards.k} --seed {wildcards.seed} --settings {params.settings:q} "
+        "--out {output.eval} --samples {output.samples} --provenance {output.provenance} 2> {log}"
