@@ -24,7 +24,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fst.slow import SlowConfig, StoredRollouts, _grpo_args, load_round, run_slow_update, stored_reward
+from fst.slow import (
+    SlowConfig,
+    StoredRollouts,
+    group_dataset,
+    grpo_args,
+    load_round,
+    run_slow_update,
+    stored_reward,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODEL = ROOT / "tests" / ".cache" / "smollm2"
@@ -131,7 +139,6 @@ def run_stage(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> Non
 
 def run_bare(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None:
     """Plain GRPOTrainer, same arguments, a minimal rollout_func over the same rows."""
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOTrainer
 
@@ -139,8 +146,8 @@ def run_bare(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None
     trainer = GRPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype)),
         reward_funcs=stored_reward,
-        args=_grpo_args(cfg, work / "state", 0),
-        train_dataset=Dataset.from_dict({"prompt": [f"group {g}" for g in rows["group_index"].unique()]}),
+        args=grpo_args(cfg, work / "state", 0),
+        train_dataset=group_dataset(rows),
         processing_class=AutoTokenizer.from_pretrained(model_dir),
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
         rollout_func=StoredRollouts(rows),

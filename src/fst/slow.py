@@ -19,6 +19,7 @@ refill; watch `frac_reward_zero_std`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import shutil
@@ -97,7 +98,7 @@ def _check_keys(section: str, d: dict, cls) -> None:
 def load_round(scored_path: Path, round_index: int, cfg: SlowConfig) -> pd.DataFrame:
     """The round's rows, checked against the config and sorted so each group is one advantage chunk."""
     df = pd.read_parquet(scored_path)
-    where = f"{scored_path}"
+    where = str(scored_path)
     rounds = sorted(set(df["round"].tolist()))
     if rounds != [round_index]:
         raise ValueError(f"{where}: holds rounds {rounds}, expected only round {round_index}")
@@ -132,6 +133,13 @@ def load_round(scored_path: Path, round_index: int, cfg: SlowConfig) -> pd.DataF
 
 def _group_key(group_index: int) -> str:
     return f"group {group_index}"
+
+
+def group_dataset(rows: pd.DataFrame):
+    """TRL's train dataset: one row per stored group, in order; its prompt is the group's key."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({"prompt": [_group_key(g) for g in rows["group_index"].unique()]})
 
 
 class StoredRollouts:
@@ -169,7 +177,9 @@ def stored_reward(completions, stored_reward, **kwargs) -> list[float]:
     return list(stored_reward)
 
 
+@functools.cache
 def _trainer_class():
+    """The trainer subclass and step logger (built on first use: importing trl takes seconds)."""
     from transformers import TrainerCallback
     from trl import GRPOTrainer
     from trl.trainer.utils import split_tensor_dict
@@ -232,7 +242,8 @@ def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig):
     return model, cfg.lora.to_peft() if cfg.lora.enabled else None
 
 
-def _grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
+def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
+    """The stage's GRPOConfig: checkpoints in state_dir, round_index's T steps."""
     from trl import GRPOConfig
 
     T = cfg.steps_per_round
@@ -319,7 +330,6 @@ def run_slow_update(
     Resumes optimizer, scheduler and RNG from state_dir/checkpoint-{round_index·T} (written by the
     previous round), so a rerun of the same round starts from the same state and gives the same result.
     """
-    from datasets import Dataset
     from transformers import PrinterCallback
 
     rows = load_round(Path(scored_path), round_index, cfg)
@@ -334,8 +344,6 @@ def run_slow_update(
     _prune_checkpoints(state_dir, keep={start})  # a later checkpoint is stale from an earlier run
 
     model, peft_config = _load_model(Path(policy_in), Path(base_model_dir), cfg)
-    rollouts = StoredRollouts(rows)
-    dataset = Dataset.from_dict({"prompt": [_group_key(g) for g in rows["group_index"].unique()]})
     trainer_cls, step_log = _trainer_class()
     with warnings.catch_warnings():
         # rollout_func is marked experimental; trl is pinned to the version this was checked against.
@@ -343,11 +351,11 @@ def run_slow_update(
         trainer = trainer_cls(
             model=model,
             reward_funcs=stored_reward,
-            args=_grpo_args(cfg, state_dir, round_index),
-            train_dataset=dataset,
+            args=grpo_args(cfg, state_dir, round_index),
+            train_dataset=group_dataset(rows),
             processing_class=load_tokenizer(Path(policy_in)),
             peft_config=peft_config,
-            rollout_func=rollouts,
+            rollout_func=StoredRollouts(rows),
             callbacks=[step_log()],
         )
     trainer.remove_callback(PrinterCallback)

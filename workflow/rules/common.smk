@@ -21,9 +21,9 @@ config.update(_resolved)
 EXPERIMENT = config["experiment"]
 RESULTS = "results"
 EXP_DIR = f"{RESULTS}/{EXPERIMENT}"
-RUN = EXP_DIR + "/{point}/{arm}/seed{seed}"
-ROUND = RUN + "/round{round}"
-AFTER = RUN + "/eval/after{k}"
+RUN = f"{EXP_DIR}/{{point}}/{{arm}}/seed{{seed}}"
+ROUND = f"{RUN}/round{{round}}"
+AFTER = f"{RUN}/eval/after{{k}}"
 POINTS = ["default"]
 TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"]
 ENV = "../../envs/cpu.yaml"
@@ -38,6 +38,11 @@ wildcard_constraints:
     task=r"[a-z_]+",
 
 
+def results_root(path):
+    """The results folder above a file of the results tree (where the SQLite tracking db lives)."""
+    return path.split(f"/{EXPERIMENT}/")[0]
+
+
 def as_json(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
@@ -46,20 +51,49 @@ def data_path(task):
     return f"{EXP_DIR}/data/{task}.parquet"
 
 
+def round_dir(round_index):
+    return ROUND.replace("{round}", str(round_index))
+
+
+def after_dir(k):
+    return AFTER.replace("{k}", str(k))
+
+
 def policy_before(round_index):
     """θ_c: the base model before round 0, else the previous round's slow output."""
     round_index = int(round_index)
-    if round_index == 0:
-        return f"{EXP_DIR}/base_model"
-    return ROUND.replace("{round}", str(round_index - 1)) + "/policy"
+    return f"{round_dir(round_index - 1)}/policy" if round_index else f"{EXP_DIR}/base_model"
 
 
 def population_before(round_index):
     """Φ_c: the seed population before round 0, else the previous round's fast output."""
     round_index = int(round_index)
     if round_index == 0:
-        return EXP_DIR + "/{point}/population_seed.json"
-    return ROUND.replace("{round}", str(round_index - 1)) + "/population.json"
+        return f"{EXP_DIR}/{{point}}/population_seed.json"
+    return f"{round_dir(round_index - 1)}/population.json"
+
+
+def policy_after(wildcards):
+    return policy_before(wildcards.k)
+
+
+def population_after(wildcards):
+    return population_before(wildcards.k)
+
+
+def slow_metrics_before(wildcards):
+    k = int(wildcards.k)
+    return [f"{round_dir(k - 1)}/slow_metrics.json"] if k else []
+
+
+def rollout_provenance_before(wildcards):
+    return [f"{round_dir(r)}/provenance/rollout.json" for r in range(int(wildcards.k))]
+
+
+def previous_tracked(wildcards):
+    """Mirror points of one run in order: MLflow calls for one run key must not overlap."""
+    k = int(wildcards.k)
+    return [f"{after_dir(k - 1)}/tracked.json"] if k else []
 
 
 def sampling_settings():
@@ -88,7 +122,7 @@ def slow_settings(wildcards):
 
 def final_outputs():
     tracked = expand(
-        AFTER + "/tracked.json",
+        f"{AFTER}/tracked.json",
         point=POINTS,
         arm=config["arms"],
         seed=config["seeds"],

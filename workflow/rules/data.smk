@@ -21,12 +21,12 @@ rule tasks:
 
 rule seed_population:
     output:
-        EXP_DIR + "/{point}/population_seed.json",
+        f"{EXP_DIR}/{{point}}/population_seed.json",
     log:
-        EXP_DIR + "/{point}/logs/population_seed.log",
+        f"{EXP_DIR}/{{point}}/logs/population_seed.log",
     params:
         prompt=config["prompts"]["seed"],
-        provenance=EXP_DIR + "/{point}/provenance/population_seed.json",
+        provenance=f"{EXP_DIR}/{{point}}/provenance/population_seed.json",
     message:
         "Writing the seed population (Φ_0)"
     conda:

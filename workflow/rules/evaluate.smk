@@ -1,14 +1,6 @@
 # Evaluation of the state after k rounds (k = 0 is the base model with the seed prompt).
 
 
-def policy_after(wildcards):
-    return policy_before(int(wildcards.k))
-
-
-def population_after(wildcards):
-    return population_before(int(wildcards.k))
-
-
 rule evaluate:
     input:
         policy=policy_after,
@@ -17,13 +9,13 @@ rule evaluate:
         data=data_path(TRAIN_TASK),
         ood=[data_path(task) for task in config["tasks"]["ood"]],
     output:
-        eval=AFTER + "/eval.parquet",
-        samples=AFTER + "/samples.parquet",
-        provenance=AFTER + "/provenance.json",
+        eval=f"{AFTER}/eval.parquet",
+        samples=f"{AFTER}/samples.parquet",
+        provenance=f"{AFTER}/provenance.json",
     log:
-        AFTER + "/evaluate.log",
+        f"{AFTER}/evaluate.log",
     benchmark:
-        AFTER + "/benchmark.tsv"
+        f"{AFTER}/benchmark.tsv"
     params:
         settings=as_json(
             sampling_settings()

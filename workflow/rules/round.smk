@@ -5,10 +5,10 @@ rule fast:
     input:
         population=lambda w: population_before(w.round),
     output:
-        population=ROUND + "/population.json",
-        provenance=ROUND + "/provenance/fast.json",
+        population=f"{ROUND}/population.json",
+        provenance=f"{ROUND}/provenance/fast.json",
     log:
-        ROUND + "/logs/fast.log",
+        f"{ROUND}/logs/fast.log",
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: fast weights"
     conda:
@@ -22,15 +22,15 @@ rule fast:
 rule rollout:
     input:
         policy=lambda w: policy_before(w.round),
-        population=ROUND + "/population.json",
+        population=f"{ROUND}/population.json",
         data=data_path(TRAIN_TASK),
     output:
-        rollouts=ROUND + "/rollouts.parquet",
-        provenance=ROUND + "/provenance/rollout.json",
+        rollouts=f"{ROUND}/rollouts.parquet",
+        provenance=f"{ROUND}/provenance/rollout.json",
     log:
-        ROUND + "/logs/rollout.log",
+        f"{ROUND}/logs/rollout.log",
     benchmark:
-        ROUND + "/benchmarks/rollout.tsv"
+        f"{ROUND}/benchmarks/rollout.tsv"
     params:
         settings=as_json(rollout_settings()),
     message:
@@ -45,13 +45,13 @@ rule rollout:
 
 rule score:
     input:
-        rollouts=ROUND + "/rollouts.parquet",
+        rollouts=f"{ROUND}/rollouts.parquet",
         data=data_path(TRAIN_TASK),
     output:
-        scored=ROUND + "/scored.parquet",
-        provenance=ROUND + "/provenance/score.json",
+        scored=f"{ROUND}/scored.parquet",
+        provenance=f"{ROUND}/provenance/score.json",
     log:
-        ROUND + "/logs/score.log",
+        f"{ROUND}/logs/score.log",
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: rewards and feedback"
     conda:
@@ -63,22 +63,22 @@ rule score:
 
 rule slow:
     input:
-        scored=ROUND + "/scored.parquet",
+        scored=f"{ROUND}/scored.parquet",
         policy=lambda w: policy_before(w.round),
         base_model=f"{EXP_DIR}/base_model",
     output:
-        policy=directory(ROUND + "/policy"),
-        metrics=ROUND + "/slow_metrics.json",
-        provenance=ROUND + "/provenance/slow.json",
+        policy=directory(f"{ROUND}/policy"),
+        metrics=f"{ROUND}/slow_metrics.json",
+        provenance=f"{ROUND}/provenance/slow.json",
     log:
-        ROUND + "/logs/slow.log",
+        f"{ROUND}/logs/slow.log",
     benchmark:
-        ROUND + "/benchmarks/slow.tsv"
+        f"{ROUND}/benchmarks/slow.tsv"
     params:
         settings=lambda w: as_json(slow_settings(w)),
         # Trainer checkpoints (optimizer state) live outside the round folders: Snakemake deletes
         # a failed job's outputs, and a rerun of this round resumes from the previous round's state.
-        state_dir=RUN + "/trainer_state",
+        state_dir=f"{RUN}/trainer_state",
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: slow weights (CISPO)"
     conda:
