@@ -5,14 +5,17 @@
 Both arms train the same model on the same rollouts (8 sequences per step, <= 48 new tokens, groups
 of 4 mixing two system prompts) with the same GRPOConfig, in this process, alternating. A step is
 timed from Trainer's on_step_begin to on_step_end (forward, backward, optimizer; the first step of a
-round also scores the batch under the starting and reference weights). Peak memory is this process's
-ru_maxrss. Prints a table and writes benchmarks/results/slow.json.
+round also scores the batch under the starting and reference weights); the ratio is the median over
+repeats of paired runs. Peak memory is this process's ru_maxrss (all runs and the rollout sampling).
+Prints a table and writes benchmarks/results/slow.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import platform
 import resource
 import statistics
@@ -104,21 +107,25 @@ def make_rollouts(model_dir: Path, cfg: SlowConfig) -> pd.DataFrame:
 
 
 class StepTimer:
-    """Adds a step timer to every GRPOTrainer built while it is installed (stage and bare alike)."""
+    """Times every step of every GRPOTrainer built while installed (stage and bare alike).
+
+    Wall and process CPU seconds: the CPU time is less disturbed by other jobs on a shared machine.
+    """
 
     def __init__(self):
         from transformers import TrainerCallback
         from trl import GRPOTrainer
 
-        self.durations: list[float] = []
+        self.steps: list[tuple[float, float]] = []
         timer = self
 
         class Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
-                self.t0 = time.perf_counter()
+                self.t0 = (time.perf_counter(), time.process_time())
 
             def on_step_end(self, args, state, control, **kwargs):
-                timer.durations.append(time.perf_counter() - self.t0)
+                wall, cpu = self.t0
+                timer.steps.append((time.perf_counter() - wall, time.process_time() - cpu))
 
         original = GRPOTrainer.__init__
 
@@ -128,9 +135,9 @@ class StepTimer:
 
         GRPOTrainer.__init__ = init
 
-    def take(self) -> list[float]:
-        durations, self.durations = self.durations, []
-        return durations
+    def take(self) -> list[tuple[float, float]]:
+        steps, self.steps = self.steps, []
+        return steps
 
 
 def run_stage(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None:
@@ -139,7 +146,7 @@ def run_stage(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> Non
 
 def run_bare(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None:
     """Plain GRPOTrainer, same arguments, a minimal rollout_func over the same rows."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from trl import GRPOTrainer
 
     rows = load_round(scored, 0, cfg)
@@ -152,16 +159,53 @@ def run_bare(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None
         peft_config=cfg.lora.to_peft() if cfg.lora.enabled else None,
         rollout_func=StoredRollouts(rows),
     )
+    trainer.remove_callback(PrinterCallback)  # keep the output readable; printing costs nothing
     trainer.train()
+
+
+def measure(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path, repeats: int) -> dict:
+    """Alternate the arms (order flipped every repeat); per run: step (wall, cpu) times and run wall."""
+    timer = StepTimer()
+    arms = {"stage": run_stage, "bare": run_bare}
+    runs = {name: [] for name in arms}
+    for rep in range(repeats):
+        for name in sorted(arms, reverse=rep % 2 == 1):
+            t0 = time.perf_counter()
+            arms[name](scored, model_dir, cfg, work / f"{name}-{rep}")
+            runs[name].append({"run_wall_s": time.perf_counter() - t0, "steps": timer.take()})
+    return runs
+
+
+def summarise(runs: dict) -> dict:
+    """Median step times per arm, and the median over repeats of the paired stage/bare ratio."""
+    out = {}
+    for name, arm in runs.items():
+        wall = [w for run in arm for w, _ in run["steps"]]
+        cpu = [c for run in arm for _, c in run["steps"]]
+        out[name] = {
+            "step_wall_s_median": statistics.median(wall),
+            "step_cpu_s_median": statistics.median(cpu),
+            "run_wall_s_median": statistics.median(run["run_wall_s"] for run in arm),
+        }
+    for i, kind in enumerate(("wall", "cpu")):
+        pairs = [
+            sum(step[i] for step in s["steps"]) / sum(step[i] for step in b["steps"])
+            for s, b in zip(runs["stage"], runs["bare"], strict=True)
+        ]
+        out[f"step_{kind}_ratio_stage_over_bare"] = statistics.median(pairs)
+        out[f"step_{kind}_ratio_pairs"] = pairs
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="base model folder (default: SmolLM2-135M, prepared once)")
     parser.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
-    parser.add_argument("--steps", type=int, default=3, help="optimiser steps per run (T)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per arm, alternating")
+    parser.add_argument("--steps", type=int, default=2, help="optimiser steps per run (T)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per arm, alternating")
     opts = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     model_dir = base_model(opts.model)
     cfg = SlowConfig(steps_per_round=opts.steps, batch_size=8, group_size=4,
@@ -174,19 +218,9 @@ def main() -> None:
         make_rollouts(model_dir, cfg).to_parquet(scored, index=False)
         rollout_s = time.perf_counter() - t0
         rss_after_rollouts = peak_rss_mb()
-        timer = StepTimer()
-        arms = {"stage": run_stage, "bare": run_bare}
-        steps = {name: [] for name in arms}
-        wall = {name: [] for name in arms}
-        for rep in range(opts.repeats):
-            for name, run in arms.items():
-                work = tmp / f"{name}-{rep}"
-                t0 = time.perf_counter()
-                run(scored, model_dir, cfg, work)
-                wall[name].append(time.perf_counter() - t0)
-                steps[name] += timer.take()
+        runs = measure(scored, model_dir, cfg, tmp, opts.repeats)
 
-    step_s = {name: statistics.mean(v) for name, v in steps.items()}
+    summary = summarise(runs)
     result = {
         "model": str(model_dir),
         "mode": "full" if opts.full else f"lora r={cfg.lora.r}",
@@ -194,23 +228,30 @@ def main() -> None:
         "max_new_tokens": MAX_NEW_TOKENS,
         "steps_per_run": cfg.steps_per_round,
         "repeats": opts.repeats,
-        "step_s": step_s,
-        "step_s_all": steps,
-        "run_wall_s": {name: statistics.mean(v) for name, v in wall.items()},
-        "step_ratio_stage_over_bare": step_s["stage"] / step_s["bare"],
+        **summary,
+        "runs": runs,
         "rollout_generation_s": rollout_s,
         "peak_rss_mb_after_rollouts": rss_after_rollouts,
         "peak_rss_mb": peak_rss_mb(),
         "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
         "machine": platform.platform(),
         "versions": {m.__name__: m.__version__ for m in map(__import__, ("torch", "transformers", "trl"))},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'arm':<6} {'step s (mean)':>14} {'run wall s':>11}")
-    for name in arms:
-        print(f"{name:<6} {step_s[name]:>14.2f} {result['run_wall_s'][name]:>11.1f}")
-    print(f"step ratio stage/bare: {result['step_ratio_stage_over_bare']:.3f} (target <= 1.1)")
+    print(f"\n{'arm':<6} {'step wall s':>12} {'step cpu s':>11} {'run wall s':>11}   ({result['mode']})")
+    for name in runs:
+        arm = summary[name]
+        print(
+            f"{name:<6} {arm['step_wall_s_median']:>12.2f} {arm['step_cpu_s_median']:>11.2f}"
+            f" {arm['run_wall_s_median']:>11.1f}"
+        )
+    print(
+        f"stage/bare step time: wall {summary['step_wall_ratio_stage_over_bare']:.3f}, "
+        f"cpu {summary['step_cpu_ratio_stage_over_bare']:.3f} (median of paired runs; target <= 1.1)"
+    )
     print(f"peak RSS: {result['peak_rss_mb']:.0f} MB ({rss_after_rollouts:.0f} MB after rollouts)")
     print(f"written to {RESULTS}")
 

@@ -155,7 +155,10 @@ def cmd_slow(args) -> None:
             SlowConfig.from_dict(cfg),
         )
     artifacts.write_json(metrics, args.metrics)
-    prov.count(optimizer_steps=cfg["steps_per_round"], rollouts_trained=metrics.get("rollouts", 0))
+    prov.count(
+        optimizer_steps=cfg["steps_per_round"],
+        rollouts_trained=cfg["steps_per_round"] * cfg["batch_size"],
+    )
     prov.record["timings_s"]["process_start"] = args.process_start
     prov.write(args.provenance, {"policy": args.out, "metrics": args.metrics})
 

@@ -89,6 +89,8 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"{source}: tasks.data_file '{data_file}' does not exist (paths are relative to the "
             f"directory you run snakemake from). Fix the path or set tasks.data_file: null."
         )
+    if data_file:
+        _check_data_file(data_file, source)
     train = cfg["tasks"]["train"]
     if not data_file and train in cfg["tasks"]["ood"]:
         raise ConfigError(
@@ -102,6 +104,16 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"/ rollout.group_size) but tasks.sizes.train is {cfg['tasks']['sizes']['train']}. "
             f"Raise tasks.sizes.train or lower slow.steps_per_round."
         )
+
+
+def _check_data_file(data_file: str, source: str) -> None:
+    """Read the user's problems once now, so a malformed row stops the run before any job."""
+    from fst.tasks import load_user_problems
+
+    try:
+        load_user_problems(data_file)
+    except ValueError as error:
+        raise ConfigError(f"{source}: tasks.data_file: {error}") from None
 
 
 def problems_per_round(cfg: dict) -> int:

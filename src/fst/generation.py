@@ -80,14 +80,14 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], settings: Sampli
 
 
 def sample(model, tokenizer, prompts: list[list[int]], settings: SamplingSettings, seed: int):
-    """One completion per prompt (repeat a prompt to get several), in batches, seeded per batch."""
+    """One completion per prompt (repeat a prompt to get several), in batches, seeded once per call."""
     import torch
 
+    torch.manual_seed(seed)
     completions: list[Completion] = []
     started = time.perf_counter()
     tokens = 0
     for start in range(0, len(prompts), settings.batch_size):
-        torch.manual_seed(seed + start)
         batch = prompts[start : start + settings.batch_size]
         ids, logprobs = _generate_batch(model, tokenizer, batch, settings)
         for row_ids, row_lp in zip(ids, logprobs, strict=True):

@@ -95,24 +95,29 @@ def rows(tiny_model_dir) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def round0(tiny_model_dir, rows, tmp_path_factory):
-    """Round 0 with LoRA, recording the batches TRL computes (advantages, ids, masks)."""
+    """Round 0 with LoRA, recording the batch TRL computes (advantages, ids, masks) and each step's."""
     from trl import GRPOTrainer
 
     tmp = tmp_path_factory.mktemp("slow")
-    batches = []
-    original = GRPOTrainer._generate_and_score_completions
+    batches, step_inputs = [], []
+    score, loss = GRPOTrainer._generate_and_score_completions, GRPOTrainer._compute_loss
 
-    def record(self, inputs):
-        batches.append(original(self, inputs))
+    def record_batch(self, inputs):
+        batches.append(score(self, inputs))
         return batches[-1]
 
+    def record_step(self, model, inputs):
+        step_inputs.append(inputs)
+        return loss(self, model, inputs)
+
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GRPOTrainer, "_generate_and_score_completions", record)
+        mp.setattr(GRPOTrainer, "_generate_and_score_completions", record_batch)
+        mp.setattr(GRPOTrainer, "_compute_loss", record_step)
         metrics = run_slow_update(
             _write(rows, tmp / "scored.parquet"), tiny_model_dir, tiny_model_dir,
             tmp / "policy-1", tmp / "state", 0, CFG,
         )  # fmt: skip
-    return {"tmp": tmp, "metrics": metrics, "batches": batches}
+    return {"tmp": tmp, "metrics": metrics, "batches": batches, "step_inputs": step_inputs}
 
 
 def _advantages_by_group(batch) -> dict[int, np.ndarray]:
@@ -146,6 +151,16 @@ def test_served_batch_is_the_stored_rollouts_in_group_order(round0, rows):
         assert torch.allclose(old, torch.tensor(logprobs), atol=1e-4)
 
 
+def test_steps_take_consecutive_whole_groups_in_file_order(round0):
+    (batch,) = round0["batches"]
+    steps = round0["step_inputs"]
+    assert len(steps) == T
+    for k, inputs in enumerate(steps):
+        rows = slice(k * B, (k + 1) * B)  # groups k·B/G ... (k+1)·B/G - 1
+        assert torch.equal(inputs["advantages"], batch["advantages"][rows])
+        assert torch.equal(inputs["completion_ids"], batch["completion_ids"][rows])
+
+
 def test_zero_variance_group_has_zero_advantage(round0):
     advantages = _advantages_by_group(round0["batches"][0])
     for g in ZERO_STD_GROUPS:
@@ -169,27 +184,28 @@ def test_advantage_is_normalised_over_the_whole_mixed_group(round0):
     assert not np.allclose(got, per_member, atol=1e-2)
 
 
-def test_round1_resumes_optimizer_state_and_rerun_is_identical(round0, rows, tiny_model_dir):
-    tmp = round0["tmp"]
-    scored1 = _write(rows, tmp / "scored-1.parquet", round_index=1)
+def test_rounds_resume_optimizer_state_and_rerun_is_identical(round0, rows, tiny_model_dir):
+    tmp, state = round0["tmp"], round0["tmp"] / "state"
 
-    def round1(out: str) -> dict:
-        return run_slow_update(scored1, tmp / "policy-1", tiny_model_dir, tmp / out, tmp / "state", 1, CFG)
+    def run_round(r: int, policy_in: str, out: str) -> dict:
+        scored = _write(rows, tmp / f"scored-{r}.parquet", round_index=r)
+        return run_slow_update(scored, tmp / policy_in, tiny_model_dir, tmp / out, state, r, CFG)
 
-    first = round1("policy-2")
+    first = run_round(1, "policy-1", "policy-2")
     assert first["global_step"] == 2 * T
     assert [s["step"] for s in first["steps"]] == [T + 1, 2 * T]
-    checkpoint = tmp / "state" / f"checkpoint-{2 * T}"
+    checkpoint = state / f"checkpoint-{2 * T}"
     assert (checkpoint / "optimizer.pt").is_file() and (checkpoint / "scheduler.pt").is_file()
-    assert not (checkpoint / "ref").exists()
-    kept = {p.name for p in (tmp / "state").glob("checkpoint-*")}
+    kept = {p.name for p in state.glob("checkpoint-*")}
     assert kept == {f"checkpoint-{T}", f"checkpoint-{2 * T}"}  # to rerun round 1, to run round 2
-    again = round1("policy-2-rerun")
-    assert again["global_step"] == 2 * T
+    again = run_round(1, "policy-1", "policy-2-rerun")
     a, b = _adapter(tmp / "policy-2"), _adapter(tmp / "policy-2-rerun")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again["global_step"] == 2 * T
     before = _adapter(tmp / "policy-1")
     assert any(not torch.equal(a[k], before[k]) for k in a)
+    # The KL reference is the round's starting adapter (θ_2), not one restored from a checkpoint.
+    assert abs(run_round(2, "policy-2", "policy-3")["steps"][0]["kl"]) < 1e-7
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,123 @@
+"""The whole workflow through Snakemake on a tiny config: DAG shape, bad config, a full run, kill + resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
+
+
+def tiny_config(model_dir: Path, **overrides) -> dict:
+    config = {
+        "experiment": "tiny",
+        "arms": ["rl"],
+        "seeds": [0],
+        "rounds": 2,
+        "model": {"source": str(model_dir)},
+        "tasks": {"sizes": {"train": 8, "val": 4, "test": 4}},
+        "rollout": {"group_size": 2, "max_new_tokens": 8, "batch_size": 8},
+        "slow": {"steps_per_round": 2, "batch_size": 4, "warmup_steps": 0, "lora": {"r": 4}},
+        "evaluation": {"k": 1, "ood_problems": 2},
+    }
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [*SNAKEMAKE, "--configfile", "config.yaml", *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_dry_run_lists_rounds_times_seeds(tmp_path, tiny_model_dir):
+    config = tiny_config(tiny_model_dir, seeds=[0, 1, 2], rounds=3)
+    result = snakemake(tmp_path, config, "-n", "--quiet", "rules")
+    assert result.returncode == 0, result.stderr
+    counts = dict(
+        line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) == 2
+    )
+    assert counts["slow"] == "9"  # 3 seeds x 3 rounds
+    assert counts["evaluate"] == "12"  # 3 seeds x (3 rounds + the starting point)
+    assert counts["base_model"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"rounds": "three"}, "rounds"),
+        ({"slow": {"batch_sze": 4}}, "slow.batch_sze"),
+        ({"slow": {"batch_size": 3}}, "rollout.group_size"),
+        ({"tasks": {"data_file": "missing.jsonl"}}, "missing.jsonl"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_job(tmp_path, tiny_model_dir, change, message):
+    result = snakemake(tmp_path, tiny_config(tiny_model_dir, **change), "-n")
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    assert "config.yaml" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def _round0_files(workdir: Path) -> dict[Path, int]:
+    round0 = workdir / "results/tiny/default/rl/seed0/round0"
+    return {p: p.stat().st_mtime_ns for p in round0.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_run_killed_mid_round_resumes_without_redoing_finished_rounds(tmp_path, tiny_model_dir):
+    config = tiny_config(tiny_model_dir)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        [*SNAKEMAKE, "--configfile", "config.yaml"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    in_round1 = tmp_path / "results/tiny/default/rl/seed0/round1/logs/rollout.log"
+    deadline = time.time() + 600
+    while not in_round1.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert in_round1.exists(), "the run never reached round 1"
+    os.killpg(process.pid, signal.SIGKILL)  # a crash or preemption: no clean-up at all
+    process.wait()
+
+    finished = _round0_files(tmp_path)
+    assert any(p.name == "fst_policy.json" for p in finished)
+    assert not (tmp_path / "results/tiny/default/rl/seed0/round1/slow_metrics.json").exists()
+
+    assert snakemake(tmp_path, config, "--unlock").returncode == 0
+    result = snakemake(tmp_path, config, "--rerun-incomplete")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _round0_files(tmp_path) == finished  # nothing of round 0 redone or lost
+    assert "round: 0" not in result.stderr.replace("round=0", "round: 0")
+
+    summary = pd.read_parquet(tmp_path / "results/tiny/summary.parquet")
+    assert sorted(summary["after_rounds"].unique()) == [0, 1, 2]
+    assert sorted(summary["rl_steps"].unique()) == [0, 2, 4]
+    assert (tmp_path / "results/tiny/reward_curve.png").stat().st_size > 0
+
+
+def test_malformed_data_row_is_reported_with_its_line(tmp_path, tiny_model_dir):
+    rows = ['{"question": "1+1?", "answer": "2"}', '{"question": "2+2?"}']
+    (tmp_path / "mine.jsonl").write_text("\n".join(rows) + "\n")
+    config = tiny_config(tiny_model_dir, tasks={"data_file": "mine.jsonl"})
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "line 2" in output and "answer" in output
+    assert not (tmp_path / "results").exists()
