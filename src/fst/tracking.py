@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -46,6 +47,11 @@ def axis_metric_name(metric: str, axis: str) -> str:
     (``reward@rollouts`` would be nicer, but MLflow rejects ``@`` in metric names.)
     """
     return f"{metric}.at_{axis}"
+
+
+def metric_key(name: str) -> str:
+    """`name` as MLflow accepts it: "mean@4" becomes "mean_at_4", other invalid characters "_"."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("@", "_at_"))
 
 
 def run_key_string(run_key: Mapping[str, str]) -> str:
@@ -119,6 +125,7 @@ def _mirror(uri: str, experiment: str, run_key: Mapping[str, str], params: Mappi
             warnings.append(f"param {key!r} already logged as {logged_params[key]!r}, "
                             f"not overwritten with {value!r}")
 
+    metrics = {metric_key(name): value for name, value in metrics.items()}
     wanted = [(name, float(value), step) for name, value in metrics.items()]
     wanted += [(axis_metric_name(name, axis), float(value), axis_step)
                for axis, axis_step in extra_steps.items() for name, value in metrics.items()]

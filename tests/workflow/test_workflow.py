@@ -45,9 +45,7 @@ def test_dry_run_lists_rounds_times_seeds(tmp_path, tiny_model_dir):
     config = tiny_config(tiny_model_dir, seeds=[0, 1, 2], rounds=3)
     result = snakemake(tmp_path, config, "-n", "--quiet", "rules")
     assert result.returncode == 0, result.stderr
-    counts = dict(
-        line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) == 2
-    )
+    counts = dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) == 2)
     assert counts["slow"] == "9"  # 3 seeds x 3 rounds
     assert counts["evaluate"] == "12"  # 3 seeds x (3 rounds + the starting point)
     assert counts["base_model"] == "1"
@@ -110,6 +108,23 @@ def test_run_killed_mid_round_resumes_without_redoing_finished_rounds(tmp_path, 
     assert sorted(summary["after_rounds"].unique()) == [0, 1, 2]
     assert sorted(summary["rl_steps"].unique()) == [0, 2, 4]
     assert (tmp_path / "results/tiny/reward_curve.png").stat().st_size > 0
+    _assert_mirrored_to_mlflow(tmp_path, rounds=2)
+
+
+def _assert_mirrored_to_mlflow(workdir: Path, rounds: int) -> None:
+    from mlflow import MlflowClient
+
+    for k in range(rounds + 1):
+        status = yaml.safe_load(
+            (workdir / f"results/tiny/default/rl/seed0/eval/after{k}/tracked.json").read_text()
+        )
+        assert status["ok"], status
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results/mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    (run,) = client.search_runs([experiment.experiment_id])
+    history = client.get_metric_history(run.info.run_id, "arithmetic/prompt:seed/mean_at_1")
+    assert sorted(m.step for m in history) == list(range(rounds + 1))
+    assert run.data.params["slow.steps_per_round"] == "2"
 
 
 def test_malformed_data_row_is_reported_with_its_line(tmp_path, tiny_model_dir):

@@ -1,0 +1,317 @@
+"""The reflection LM backends, GEPA's proposal extraction, and the config factory.
+
+The OpenAI-compatible backend talks to a real HTTP server on 127.0.0.1 (stdlib http.server in a
+thread) through the real openai client; the local backend runs the tiny random Llama.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from fst.reflection import (
+    LocalReflectionLM,
+    OpenAICompatibleLM,
+    ReflectionError,
+    describe,
+    extract_prompt,
+    make_reflection_lm,
+)
+
+KEY_ENV = "FST_TEST_REFLECTION_KEY"
+KEY = "sk-test-7f3a9c1e5b2d4a68SECRET"
+REPLY = "Here is the new instruction:\n```\nAdd the two numbers and end with the final number.\n```"
+
+
+class _Endpoint:
+    """A minimal OpenAI chat-completions server: records requests; `mode` switches failures on."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.requests: list[dict] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                endpoint.requests.append(
+                    {
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": json.loads(body),
+                    }
+                )
+                mode = endpoint.mode
+                if self.path != "/v1/chat/completions":
+                    return self._send(404, {"error": {"message": "not found"}})
+                if mode == "500":
+                    return self._send(500, {"error": {"message": "boom"}}, {"retry-after-ms": "10"})
+                if mode == "echo_key":  # like a hosted API that quotes the rejected key back
+                    auth = self.headers.get("Authorization", "")
+                    return self._send(401, {"error": {"message": f"Incorrect API key provided: {auth}"}})
+                if mode == "badjson":
+                    return self._send(200, b"{not json")
+                if mode == "empty":
+                    return self._send(200, {"id": "x", "object": "chat.completion", "choices": []})
+                payload = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": endpoint.requests[-1]["body"]["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": REPLY},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+                if mode != "nousage":
+                    payload["usage"] = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
+                return self._send(200, payload)
+
+            def _send(self, status, payload, headers=None):
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def endpoint():
+    server = _Endpoint()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def keyed(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+def _openai(endpoint, **kw) -> OpenAICompatibleLM:
+    kw.setdefault("api_key_env", KEY_ENV)
+    return OpenAICompatibleLM(endpoint.base_url, "reflector-7b", timeout_s=5, **kw)
+
+
+def _no_key_anywhere(lm, caplog, *extra: str) -> None:
+    for text in (repr(lm), json.dumps(describe(lm)), json.dumps(lm.usage.as_dict()), caplog.text, *extra):
+        assert KEY not in text
+
+
+def test_openai_returns_content_counts_usage_and_sends_the_key(endpoint, keyed, caplog):
+    caplog.set_level(logging.DEBUG)  # the openai/httpx debug logs too
+    lm = _openai(endpoint, seed=5)
+    assert lm("Rewrite this instruction.") == REPLY
+    assert lm([{"role": "user", "content": "Again."}]) == REPLY  # GEPA's chat-messages form
+    assert lm.usage.as_dict() | {"seconds": 0} == {
+        "calls": 2,
+        "failures": 0,
+        "prompt_tokens": 22,
+        "completion_tokens": 14,
+        "seconds": 0,
+        "calls_without_token_counts": 0,
+    }
+    assert (lm.total_tokens_in, lm.total_tokens_out, lm.total_cost) == (22, 14, 0.0)
+    first, second = endpoint.requests
+    assert first["headers"]["authorization"] == f"Bearer {KEY}"
+    assert first["body"]["model"] == "reflector-7b"
+    assert first["body"]["messages"] == [{"role": "user", "content": "Rewrite this instruction."}]
+    assert first["body"]["max_tokens"] == 1024
+    assert (first["body"]["seed"], second["body"]["seed"]) == (6, 7)  # reproducible, distinct per call
+    info = describe(lm)
+    assert info["backend"] == "openai" and info["base_url"] == endpoint.base_url
+    assert info["api_key_env"] == KEY_ENV and info["api_key_set"] is True
+    json.dumps(info)
+    _no_key_anywhere(lm, caplog)
+
+
+def test_openai_without_usage_counts_zero_tokens_and_says_so(endpoint, keyed, caplog):
+    endpoint.mode = "nousage"
+    lm = _openai(endpoint)
+    assert lm("x") == REPLY and lm("y") == REPLY
+    assert (lm.usage.calls, lm.usage.prompt_tokens, lm.usage.calls_without_token_counts) == (2, 0, 2)
+    assert caplog.text.count("returns no token usage") == 1
+
+
+def test_openai_http_500_is_retried_a_bounded_number_of_times(endpoint, keyed, caplog):
+    caplog.set_level(logging.DEBUG)
+    endpoint.mode = "500"
+    lm = _openai(endpoint, max_retries=2)
+    started = time.perf_counter()
+    with pytest.raises(ReflectionError) as err:
+        lm("Rewrite this instruction.")
+    assert time.perf_counter() - started < 5
+    assert len(endpoint.requests) == 3  # one try + max_retries
+    message = str(err.value)
+    assert endpoint.base_url in message and "reflector-7b" in message and "500" in message
+    assert f"${KEY_ENV}" in message and "reflection.base_url" in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert (lm.usage.calls, lm.usage.failures) == (1, 1)
+    _no_key_anywhere(lm, caplog, message, lm.last_error)
+
+
+def test_a_server_that_echoes_the_key_does_not_leak_it(endpoint, keyed, caplog):
+    caplog.set_level(logging.DEBUG)
+    endpoint.mode = "echo_key"
+    lm = _openai(endpoint, max_retries=0)
+    with pytest.raises(ReflectionError) as err:
+        lm("x")
+    assert "401" in str(err.value) and "***" in str(err.value)
+    _no_key_anywhere(lm, caplog, str(err.value), repr(err.value), lm.last_error)
+
+
+@pytest.mark.parametrize("mode", ["badjson", "empty"])
+def test_an_unusable_response_is_a_reflection_error(endpoint, keyed, mode):
+    endpoint.mode = mode
+    lm = _openai(endpoint, max_retries=0)
+    with pytest.raises(ReflectionError, match="reflection endpoint .* failed"):
+        lm("x")
+    assert lm.usage.failures == 1
+
+
+def test_a_closed_port_fails_quickly(keyed, caplog):
+    gone = _Endpoint()
+    gone.close()
+    lm = _openai(gone, max_retries=1)
+    started = time.perf_counter()
+    with pytest.raises(ReflectionError, match="Connection") as err:
+        lm("x")
+    assert time.perf_counter() - started < 5
+    assert gone.base_url in str(err.value)
+    _no_key_anywhere(lm, caplog, str(err.value))
+
+
+def test_no_key_env_sends_a_placeholder_never_openai_api_key(endpoint, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-ambient-key-must-not-travel")
+    lm = _openai(endpoint, api_key_env=None)
+    assert lm("x") == REPLY
+    auth = endpoint.requests[0]["headers"]["authorization"]
+    assert "sk-ambient" not in auth and auth.startswith("Bearer ")
+    assert describe(lm)["api_key_set"] is False
+
+
+def test_gepa_reflects_through_the_endpoint(endpoint, keyed):
+    """GEPA's own reflection path (prompt rendering, call, fence extraction) on this backend."""
+    from gepa.proposer.reflective_mutation.reflection_lm import StatelessReflectionLM
+
+    lm = _openai(endpoint)
+    dataset = {"system_prompt": [{"Inputs": "What is 2 + 3?", "Feedback": "Wrong: expected 5"}]}
+    proposal, _ = StatelessReflectionLM(lm).reflect({"system_prompt": "Be nice."}, dataset, ["system_prompt"])
+    assert proposal.new_texts["system_prompt"] == extract_prompt(REPLY)
+    sent = endpoint.requests[0]["body"]["messages"][0]["content"]
+    assert "Be nice." in sent and "Wrong: expected 5" in sent
+    assert hasattr(lm, "total_cost")  # so gepa.optimize does not wrap it in its estimating TrackingLM
+
+
+def test_local_backend_loads_once_and_counts_tokens(tiny_model_dir, monkeypatch):
+    import fst.policy
+    from fst.generation import chat_prompt_ids
+
+    loads = []
+    real_load = fst.policy.load_policy
+    monkeypatch.setattr(fst.policy, "load_policy", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    lm = LocalReflectionLM(tiny_model_dir, max_new_tokens=6, seed=3)
+    assert lm._model is None  # lazy
+    first, second = lm("Write a better instruction."), lm("Write another.")
+    assert isinstance(first, str) and isinstance(second, str)
+    assert len(loads) == 1
+    expected_prompt = sum(
+        len(chat_prompt_ids(lm._tokenizer, lm.system_prompt, text))
+        for text in ("Write a better instruction.", "Write another.")
+    )
+    assert lm.usage.prompt_tokens == expected_prompt
+    assert 2 <= lm.usage.completion_tokens <= 12
+    assert (lm.usage.calls, lm.usage.failures) == (2, 0) and lm.usage.seconds > 0
+    assert describe(lm)["backend"] == "local" and json.dumps(describe(lm))
+    # An over-long request is cut to the model's context (512 positions) instead of failing.
+    lm("long context " * 400)
+    assert lm.usage.prompt_tokens - expected_prompt + 6 <= 512
+
+
+def test_local_backend_missing_folder_is_a_reflection_error(tmp_path):
+    lm = LocalReflectionLM(tmp_path / "nowhere")
+    with pytest.raises(ReflectionError, match="local reflection model"):
+        lm("x")
+    assert lm.usage.failures == 1
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (REPLY, "Add the two numbers and end with the final number."),
+        ("```text\nSolve step by step.\n```", "Solve step by step."),
+        (
+            "Intro\n```\nFirst block text\n```\nmiddle\n```\nlast\n```",
+            "First block text\n```\nmiddle\n```\nlast",
+        ),
+        # A single fence only counts at the very start or end; elsewhere the whole reply is the prompt.
+        ("```\nAlways give only the number.", "Always give only the number."),  # never closed
+        ("Sure!\n```\nAlways give only the number.", "Sure!\n```\nAlways give only the number."),
+        ("```You are a calculator that adds.", "are a calculator that adds."),  # 1st word taken as a tag
+        ("Always give only the number.\n```", "Always give only the number."),  # closing fence only
+        ("  You are a calculator. Reply with the number.  ", "You are a calculator. Reply with the number."),
+        ("", None),
+        ("   \n\t ", None),
+        (None, None),
+        ("```\n```", None),
+        ("``` ok ```", None),
+        ("```\n!!\n```", None),
+        ("```python\n", None),
+    ],
+)
+def test_extract_prompt_follows_gepa(reply, expected):
+    from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+    assert extract_prompt(reply) == expected
+    if expected is not None:
+        assert expected == InstructionProposalSignature.output_extractor(reply.strip())["new_instruction"]
+
+
+def test_make_reflection_lm(tmp_path):
+    local = make_reflection_lm({"backend": "local", "max_tokens": 64, "temperature": 0.5}, tmp_path, seed=2)
+    assert isinstance(local, LocalReflectionLM)
+    assert (local.model_dir, local.max_new_tokens, local.temperature, local.seed) == (tmp_path, 64, 0.5, 2)
+    remote = make_reflection_lm(
+        {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 3}, tmp_path
+    )
+    assert isinstance(remote, OpenAICompatibleLM)
+    assert (remote.api_key_env, remote.timeout_s, remote.max_tokens) == ("OPENAI_API_KEY", 3.0, 1024)
+    no_auth = make_reflection_lm(
+        {"backend": "openai", "base_url": "u", "model": "m", "api_key_env": None}, tmp_path
+    )
+    assert no_auth.api_key_env is None
+    with pytest.raises(ValueError, match=r"reflection\.base_url"):
+        make_reflection_lm({"backend": "openai", "model": "m"}, tmp_path)
+    with pytest.raises(ValueError, match=r"reflection\.model"):
+        make_reflection_lm({"backend": "openai", "base_url": "http://x/v1", "model": None}, tmp_path)
+    with pytest.raises(ValueError, match="local' or 'openai"):
+        make_reflection_lm({"backend": "bedrock"}, tmp_path)
+
+
+def test_credentials_in_the_url_are_not_described(monkeypatch):
+    lm = OpenAICompatibleLM("https://user:hunter22@example.invalid/v1?token=abc", "m", api_key_env=None)
+    assert "hunter22" not in repr(lm) and "hunter22" not in json.dumps(describe(lm))
+    assert "token=abc" not in json.dumps(describe(lm))
