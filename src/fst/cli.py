@@ -67,14 +67,70 @@ def cmd_seed_population(args) -> None:
 
 
 def cmd_fast(args) -> None:
-    """Fast-weight update. Arm rl keeps its fixed seed prompt: the population passes through unchanged."""
+    """Fast stage: a GEPA round (arm gepa; arm fst every N rounds), else the population unchanged."""
+    import pandas as pd
+
     from fst.population import load_population, save_population
 
-    prov = Provenance("fast", {"population_in": args.population_in}, {"arm": args.arm}, seed=args.seed)
+    cfg = _json(args.settings)
+    inputs = {"population_in": args.population_in, "policy": args.policy, "data": args.data}
+    prov = Provenance("fast", inputs, cfg, seed=args.seed)
     members = load_population(args.population_in)
+    records, stats, usage = pd.DataFrame(), {"metric_calls": 0, "gepa_round": False}, {}
+    if cfg["gepa_round"]:
+        members, stats, records, usage = _gepa_round(args, cfg, members, prov)
     save_population(members, args.out, args.round)
-    prov.count(members=len(members), reflection_calls=0, metric_calls=0)
-    prov.write(args.provenance, {"population": args.out})
+    artifacts.write_parquet(records, args.gepa_rollouts)
+    artifacts.write_json({"stats": stats, "reflection_usage": usage}, args.report)
+    prov.count(
+        members=len(members),
+        metric_calls=stats["metric_calls"],
+        reflection_calls=usage.get("calls", 0),
+        reflection_prompt_tokens=usage.get("prompt_tokens", 0),
+        reflection_completion_tokens=usage.get("completion_tokens", 0),
+        proposals_accepted=stats.get("proposals_accepted", 0),
+        proposals_rejected_unparseable=stats.get("proposals_rejected_unparseable", 0),
+    )
+    prov.write(args.provenance, {"population": args.out, "gepa_rollouts": args.gepa_rollouts})
+
+
+def _gepa_round(args, cfg: dict, members, prov: Provenance):
+    from fst.data import load_split
+    from fst.fast import (
+        FastSettings,
+        GuardedReflection,
+        PolicyAdapter,
+        anchor_and_pareto_sets,
+        records_frame,
+        run_fast_round,
+    )
+    from fst.generation import SamplingSettings
+    from fst.reflection import ReflectionError, describe, make_reflection_lm
+
+    fast = cfg["fast"]
+    model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    anchors, pareto = anchor_and_pareto_sets(
+        load_split(args.data, "train"), args.seed, args.round, fast["anchors"], fast["pareto_problems"]
+    )
+    seed = args.seed * 1_000_003 + 700_000 + args.round
+    lm = make_reflection_lm(cfg["reflection"], Path(args.base_model), seed=seed)
+    prov.record["reflection"] = describe(lm)
+    reflection = GuardedReflection(lm)
+    adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed)
+    settings = FastSettings(fast["budget"], fast["population_size"], fast["reflection_minibatch_size"], seed)
+    with prov.timed("gepa"):
+        population, stats = run_fast_round(
+            adapter, reflection, members, anchors, pareto, Path(args.gepa_dir), args.round, settings
+        )
+    usage = lm.usage.as_dict()
+    if reflection.unavailable:
+        raise ReflectionError(
+            f"GEPA round {args.round} stopped: {lm.last_error}. Its state is kept in {args.gepa_dir}; "
+            "rerun the workflow once the reflection backend is reachable, and the round resumes."
+        )
+    stats["gepa_round"] = True
+    log.info("GEPA round %d: %s", args.round, stats)
+    return population, stats, records_frame(adapter, args.round, args.seed), usage
 
 
 def _load_model(policy: str, dtype: str, prov: Provenance):
@@ -217,21 +273,24 @@ def cmd_track(args) -> None:
 
     import pandas as pd
 
+    from fst.summary import policy_rollouts_before, policy_rollouts_per_round
+    from fst.tracking import flatten, mirror_round, resolve_tracking_uri
+
     # MLflow's defaults retry a dead tracking server for minutes; a stage should give up quickly
     # (the files stay complete, and a rerun fills in the missing points). No network: no telemetry.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-    from fst.tracking import flatten, mirror_round, resolve_tracking_uri
-
     table = pd.read_parquet(args.eval)
     metrics = {f"{r.task}/{r.setting}/{r.metric}": float(r.value) for r in table.itertuples()}
     if args.slow_metrics:
         slow = artifacts.read_json(args.slow_metrics)
         metrics.update({f"train/{k}": float(v) for k, v in slow.items() if isinstance(v, int | float)})
-    rollouts = sum(artifacts.read_json(p)["counts"]["rollouts"] for p in args.rollout_provenance)
+    per_round = policy_rollouts_per_round(args.round_provenance)
+    rollouts = sum(policy_rollouts_before(runs, args.after_rounds) for runs in per_round.values())
     uri = resolve_tracking_uri(args.uri, Path(args.results_dir))
+    rl_steps = 0 if args.arm == "gepa" else args.after_rounds * args.steps_per_round
     status = mirror_round(
         uri,
         args.experiment,
@@ -239,7 +298,7 @@ def cmd_track(args) -> None:
         flatten(_json(args.params)),
         metrics,
         step=args.after_rounds,
-        extra_steps={"rl_steps": args.after_rounds * args.steps_per_round, "rollouts": rollouts},
+        extra_steps={"rl_steps": rl_steps, "rollouts": rollouts},
     )
     if not status.get("ok"):
         log.warning("MLflow mirror failed (the files are complete; rerun to fill in): %s", status)
@@ -247,13 +306,13 @@ def cmd_track(args) -> None:
 
 
 def cmd_summarize(args) -> None:
-    """Summary stage: all runs' evaluations in one table, and the reward curve."""
-    from fst.summary import collect, plot_reward_curve, rollouts_per_round
+    """Summary stage: all runs' evaluations in one table, and the reward curves."""
+    from fst.summary import collect, plot_reward_curves
 
-    table = collect(args.evals, args.steps_per_round, rollouts_per_round(args.rollout_provenance))
+    table = collect(args.evals, args.round_provenance, args.steps_per_round)
     artifacts.write_parquet(table, args.out)
     with artifacts.atomic_path(Path(args.plot)) as tmp:
-        plot_reward_curve(table, tmp.with_suffix(".png"))
+        plot_reward_curves(table, tmp.with_suffix(".png"))
         tmp.with_suffix(".png").replace(tmp)
 
 
@@ -263,7 +322,11 @@ _STAGES = {
     "prepare-model": (cmd_prepare_model, "source dtype out provenance"),
     "tasks": (cmd_tasks, "task seed:int sizes data_file? out provenance"),
     "seed-population": (cmd_seed_population, "prompt out provenance"),
-    "fast": (cmd_fast, "arm round:int seed:int population_in out provenance"),
+    "fast": (
+        cmd_fast,
+        "arm round:int seed:int population_in policy base_model data settings gepa_dir "
+        "out gepa_rollouts report provenance",
+    ),
     "rollout": (cmd_rollout, "policy population data round:int seed:int settings out provenance"),
     "score": (cmd_score, "rollouts data out provenance"),
     "slow": (
@@ -276,10 +339,10 @@ _STAGES = {
     ),
     "track": (
         cmd_track,
-        "eval slow_metrics? rollout_provenance* results_dir experiment point arm seed:int "
+        "eval slow_metrics? round_provenance* results_dir experiment point arm seed:int "
         "after_rounds:int steps_per_round:int params uri? out",
     ),
-    "summarize": (cmd_summarize, "evals+ rollout_provenance+ steps_per_round:int out plot"),
+    "summarize": (cmd_summarize, "evals+ round_provenance+ steps_per_round:int out plot"),
 }
 
 

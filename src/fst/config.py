@@ -97,6 +97,7 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"{source}: tasks.ood lists '{train}', the training task; out-of-domain families must differ "
             f"from tasks.train. Remove it from tasks.ood."
         )
+    _check_fast(cfg, source)
     needed = problems_per_round(cfg)
     if needed > cfg["tasks"]["sizes"]["train"]:
         raise ConfigError(
@@ -104,6 +105,24 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"/ rollout.group_size) but tasks.sizes.train is {cfg['tasks']['sizes']['train']}. "
             f"Raise tasks.sizes.train or lower slow.steps_per_round."
         )
+
+
+def _check_fast(cfg: dict, source: str) -> None:
+    fast, reflection = cfg["fast"], cfg["reflection"]
+    drawn = fast["anchors"] + fast["pareto_problems"]
+    if drawn > cfg["tasks"]["sizes"]["train"] and not set(cfg["arms"]) <= {"rl"}:
+        raise ConfigError(
+            f"{source}: fast.anchors + fast.pareto_problems = {drawn} problems are drawn from the training "
+            f"split, but tasks.sizes.train is {cfg['tasks']['sizes']['train']}. Raise tasks.sizes.train "
+            f"or lower those two."
+        )
+    if reflection["backend"] == "openai":
+        for key in ("base_url", "model"):
+            if not reflection[key]:
+                raise ConfigError(
+                    f"{source}: reflection.backend is 'openai' but reflection.{key} is not set; set it "
+                    f"(e.g. base_url: http://localhost:8000/v1) or use reflection.backend: local."
+                )
 
 
 def _check_data_file(data_file: str, source: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -136,3 +137,32 @@ def test_malformed_data_row_is_reported_with_its_line(tmp_path, tiny_model_dir):
     output = result.stdout + result.stderr
     assert "line 2" in output and "answer" in output
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow
+def test_fst_and_gepa_arms_run_gepa_rounds_with_lineage_and_accounting(tmp_path, tiny_model_dir):
+    config = tiny_config(
+        tiny_model_dir,
+        arms=["fst", "gepa"],
+        rounds=1,
+        fast={"budget": 6, "population_size": 2, "anchors": 4, "pareto_problems": 2},
+        reflection={"max_tokens": 16},
+    )
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "results/tiny/default"
+    for arm in ("fst", "gepa"):
+        report = json.loads((run / f"{arm}/seed0/round0/fast_report.json").read_text())
+        assert report["stats"]["gepa_round"]
+        # re-scoring Φ_0 (1 member x 2 Pareto problems) + the proposal budget, never more than GEPA's cap
+        assert report["stats"]["rescoring_calls"] == 2
+        assert 2 < report["stats"]["metric_calls"] <= report["stats"]["max_metric_calls"] + 3
+        assert report["reflection_usage"]["calls"] >= 1
+        gepa_rollouts = pd.read_parquet(run / f"{arm}/seed0/round0/gepa_rollouts.parquet")
+        assert len(gepa_rollouts) == report["stats"]["metric_calls"]
+    assert not (run / "gepa/seed0/round0/rollouts.parquet").exists()  # arm gepa trains no weights
+    summary = pd.read_parquet(tmp_path / "results/tiny/summary.parquet")
+    after = summary[summary["after_rounds"] == 1].groupby("arm").first()
+    assert after.loc["gepa", "rl_steps"] == 0 and after.loc["fst", "rl_steps"] == 2
+    fst_calls = json.loads((run / "fst/seed0/round0/fast_report.json").read_text())["stats"]["metric_calls"]
+    assert after.loc["fst", "policy_rollouts"] == fst_calls + 8  # GEPA calls + the round's RL rollouts

@@ -59,10 +59,21 @@ def after_dir(k):
     return AFTER.replace("{k}", str(k))
 
 
-def policy_before(round_index):
-    """θ_c: the base model before round 0, else the previous round's slow output."""
+def trains_weights(arm):
+    return arm != "gepa"
+
+
+def gepa_round(arm, round_index):
+    """Whether round `round_index` of `arm` runs GEPA (else its fast stage passes Φ through)."""
+    return arm == "gepa" or (arm == "fst" and int(round_index) % config["fast"]["every"] == 0)
+
+
+def policy_before(arm, round_index):
+    """θ_c: the base model before round 0 (always, for arm gepa), else the previous slow output."""
     round_index = int(round_index)
-    return f"{round_dir(round_index - 1)}/policy" if round_index else f"{EXP_DIR}/base_model"
+    if round_index == 0 or not trains_weights(arm):
+        return f"{EXP_DIR}/base_model"
+    return f"{round_dir(round_index - 1)}/policy"
 
 
 def population_before(round_index):
@@ -74,7 +85,7 @@ def population_before(round_index):
 
 
 def policy_after(wildcards):
-    return policy_before(wildcards.k)
+    return policy_before(wildcards.arm, wildcards.k)
 
 
 def population_after(wildcards):
@@ -83,17 +94,44 @@ def population_after(wildcards):
 
 def slow_metrics_before(wildcards):
     k = int(wildcards.k)
-    return [f"{round_dir(k - 1)}/slow_metrics.json"] if k else []
+    return [f"{round_dir(k - 1)}/slow_metrics.json"] if k and trains_weights(wildcards.arm) else []
 
 
-def rollout_provenance_before(wildcards):
-    return [f"{round_dir(r)}/provenance/rollout.json" for r in range(int(wildcards.k))]
+def round_provenance(arm, k):
+    """Provenance of every stage that generated policy rollouts before evaluation point k."""
+    stages = ["fast", "rollout"] if trains_weights(arm) else ["fast"]
+    return [f"{round_dir(r)}/provenance/{stage}.json" for r in range(int(k)) for stage in stages]
+
+
+def round_provenance_before(wildcards):
+    return round_provenance(wildcards.arm, wildcards.k)
+
+
+def all_round_provenance():
+    """The fast and rollout provenance of every round of every run (for the summary's x-axes)."""
+    return [
+        path
+        for point in POINTS
+        for arm in config["arms"]
+        for seed in config["seeds"]
+        for path in expand(round_provenance(arm, config["rounds"]), point=point, arm=arm, seed=seed)
+    ]
 
 
 def previous_tracked(wildcards):
     """Mirror points of one run in order: MLflow calls for one run key must not overlap."""
     k = int(wildcards.k)
     return [f"{after_dir(k - 1)}/tracked.json"] if k else []
+
+
+def fast_settings(wildcards):
+    return {
+        "gepa_round": gepa_round(wildcards.arm, wildcards.round),
+        "fast": config["fast"],
+        "reflection": config["reflection"],
+        "sampling": {k: config["rollout"][k] for k in ("max_new_tokens", "temperature", "top_p", "batch_size")},
+        "dtype": config["model"]["dtype"],
+    }
 
 
 def sampling_settings():

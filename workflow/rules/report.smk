@@ -5,7 +5,7 @@ rule track:
     input:
         eval=f"{AFTER}/eval.parquet",
         slow_metrics=slow_metrics_before,
-        rollout_provenance=rollout_provenance_before,
+        round_provenance=round_provenance_before,
         previous=previous_tracked,
     output:
         f"{AFTER}/tracked.json",
@@ -23,7 +23,7 @@ rule track:
     conda:
         ENV
     shell:
-        "fst track --eval {input.eval} {params.slow} --rollout-provenance {input.rollout_provenance} "
+        "fst track --eval {input.eval} {params.slow} --round-provenance {input.round_provenance} "
         "--results-dir {params.results} --experiment {params.experiment} --point {wildcards.point} "
         "--arm {wildcards.arm} --seed {wildcards.seed} --after-rounds {wildcards.k} "
         "--steps-per-round {params.steps} --params {params.config:q} {params.uri} "
@@ -39,13 +39,7 @@ rule summary:
             seed=config["seeds"],
             k=range(config["rounds"] + 1),
         ),
-        rollout_provenance=expand(
-            f"{ROUND}/provenance/rollout.json",
-            point=POINTS,
-            arm=config["arms"],
-            seed=config["seeds"],
-            round=range(config["rounds"]),
-        ),
+        round_provenance=all_round_provenance(),
     output:
         table=f"{EXP_DIR}/summary.parquet",
         plot=report(
@@ -62,5 +56,5 @@ rule summary:
     conda:
         ENV
     shell:
-        "fst summarize --evals {input.evals} --rollout-provenance {input.rollout_provenance} "
+        "fst summarize --evals {input.evals} --round-provenance {input.round_provenance} "
         "--steps-per-round {params.steps} --out {output.table} --plot {output.plot} 2> {log}"

@@ -4,24 +4,37 @@
 rule fast:
     input:
         population=lambda w: population_before(w.round),
+        policy=lambda w: policy_before(w.arm, w.round),
+        base_model=f"{EXP_DIR}/base_model",
+        data=data_path(TRAIN_TASK),
     output:
         population=f"{ROUND}/population.json",
+        gepa_rollouts=f"{ROUND}/gepa_rollouts.parquet",
+        report=f"{ROUND}/fast_report.json",
         provenance=f"{ROUND}/provenance/fast.json",
     log:
         f"{ROUND}/logs/fast.log",
+    benchmark:
+        f"{ROUND}/benchmarks/fast.tsv"
+    params:
+        settings=lambda w: as_json(fast_settings(w)),
+        # GEPA's run folder stays outside the round's outputs, so a retried round resumes it.
+        gepa_dir=f"{RUN}/gepa_state/round{{round}}",
     message:
-        "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: fast weights"
+        "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: fast weights (GEPA)"
     conda:
         ENV
     shell:
         "fst fast --arm {wildcards.arm} --round {wildcards.round} --seed {wildcards.seed} "
-        "--population-in {input.population} --out {output.population} "
+        "--population-in {input.population} --policy {input.policy} --base-model {input.base_model} "
+        "--data {input.data} --settings {params.settings:q} --gepa-dir {params.gepa_dir} "
+        "--out {output.population} --gepa-rollouts {output.gepa_rollouts} --report {output.report} "
         "--provenance {output.provenance} 2> {log}"
 
 
 rule rollout:
     input:
-        policy=lambda w: policy_before(w.round),
+        policy=lambda w: policy_before(w.arm, w.round),
         population=f"{ROUND}/population.json",
         data=data_path(TRAIN_TASK),
     output:
@@ -64,7 +77,7 @@ rule score:
 rule slow:
     input:
         scored=f"{ROUND}/scored.parquet",
-        policy=lambda w: policy_before(w.round),
+        policy=lambda w: policy_before(w.arm, w.round),
         base_model=f"{EXP_DIR}/base_model",
     output:
         policy=directory(f"{ROUND}/policy"),
