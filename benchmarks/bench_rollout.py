@@ -163,13 +163,16 @@ class Setup:
 
     def timed(self, arm: str) -> dict:
         self.generate_s = 0.0
+        faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t0, cpu0 = time.perf_counter(), time.process_time()
         completions = self.run_stage() if arm == "stage" else self.run_baseline()
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
         tokens = sum(map(len, completions))
         return {
             "wall_s": wall,
             "cpu_s": cpu,
+            "page_faults": faults,  # minor: fresh memory touched (allocation churn)
             "tokens_per_cpu_s": tokens / cpu,
             "generate_s": self.generate_s,
             "tokens": tokens,
@@ -237,6 +240,8 @@ def measure_memory(opts) -> dict:
         argv += ["--group-size", str(opts.group_size), "--max-new-tokens", str(opts.max_new_tokens)]
         if opts.model:
             argv += ["--model", opts.model]
+        if opts.threads:
+            argv += ["--threads", str(opts.threads)]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.stderr.write(done.stderr[-4000:])
@@ -252,14 +257,18 @@ def main() -> None:
     parser.add_argument("--group-size", type=int, default=4, help="completions per problem (G)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="new tokens per completion")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per arm, alternating")
+    parser.add_argument("--threads", type=int, help="torch threads in both arms (default: torch's)")
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes for memory")
     parser.add_argument("--child", choices=("baseline", "stage"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    import torch
+
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
     if opts.child:
         child(opts.child, opts)
         return
 
-    import torch
     import transformers
 
     setup = Setup(opts)
@@ -288,14 +297,17 @@ def main() -> None:
             "wall_s_median": statistics.median(walls),
             "generate_s_median": statistics.median(gens),
             "outside_generate_s_median": statistics.median(w - g for w, g in zip(walls, gens, strict=True)),
+            "tokens_per_s_best": max(rates),
             "tokens_per_cpu_s_median": statistics.median(cpu_rates),
             "tokens": [r["tokens"] for r in runs[arm]],
             "wall_s": walls,
             "cpu_s": [r["cpu_s"] for r in runs[arm]],
+            "page_faults": [r["page_faults"] for r in runs[arm]],
             "generate_s": gens,
             "tokens_per_s": rates,
         }
     ratio = summary["stage"]["tokens_per_s_median"] / summary["baseline"]["tokens_per_s_median"]
+    best_ratio = summary["stage"]["tokens_per_s_best"] / summary["baseline"]["tokens_per_s_best"]
     cpu_ratio = summary["stage"]["tokens_per_cpu_s_median"] / summary["baseline"]["tokens_per_cpu_s_median"]
     # Each repeat's stage run against the baseline run just before it: drift in the load cancels more.
     paired = [s["tokens_per_s"] / b["tokens_per_s"] for b, s in zip(*runs.values(), strict=True)]
@@ -314,6 +326,7 @@ def main() -> None:
         "model_load_s": setup.load_s,
         "arms": summary,
         "ratio_stage_over_baseline": ratio,
+        "ratio_stage_over_baseline_best": best_ratio,
         "ratio_stage_over_baseline_cpu_time": cpu_ratio,
         "paired_ratios": paired,
         "target_ratio": TARGET,
@@ -341,7 +354,8 @@ def main() -> None:
         )
     print(f"ratio stage/baseline (median tok/s): {ratio:.3f} (target >= {TARGET})")
     print(
-        f"  per CPU second: {cpu_ratio:.3f}; per repeat: {', '.join(f'{r:.3f}' for r in paired)} "
+        f"  best run of each: {best_ratio:.3f}; per CPU second: {cpu_ratio:.3f}; "
+        f"per repeat: {', '.join(f'{r:.3f}' for r in paired)} "
         f"(median {statistics.median(paired):.3f})"
     )
     print(f"same tokens in both arms: {same}")

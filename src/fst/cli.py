@@ -125,10 +125,12 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     usage = lm.usage.as_dict()
     if reflection.unavailable:
         raise ReflectionError(
-            f"GEPA round {args.round} stopped: {lm.last_error}. Its state is kept in {args.gepa_dir}; "
+            f"GEPA round {args.round} stopped: reflection backend {lm!r} failed: {lm.last_error} "
+            f"Its state is kept in {args.gepa_dir}; "
             "rerun the workflow once the reflection backend is reachable, and the round resumes."
         )
     stats["gepa_round"] = True
+    stats["reflection_seconds"] = usage["seconds"]
     log.info("GEPA round %d: %s", args.round, stats)
     return population, stats, records_frame(adapter, args.round, args.seed), usage
 

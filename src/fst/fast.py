@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,10 +49,12 @@ class PolicyAdapter:
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
         self.seed = seed
         self.records: list[dict] = []  # every metric call, for the audit trail
+        self.seconds = 0.0  # time spent generating and scoring (the policy-rollout share of a round)
 
     def evaluate(self, batch: list[Problem], candidate: dict[str, str], capture_traces: bool = False):
         from gepa import EvaluationBatch
 
+        started = time.perf_counter()
         system = candidate[COMPONENT]
         prompts = [chat_prompt_ids(self.tokenizer, system, p.question) for p in batch]
         done = sample(self.model, self.tokenizer, prompts, self.settings, self.seed + len(self.records))
@@ -74,6 +77,7 @@ class PolicyAdapter:
                     "feedback": trace["feedback"],
                 }
             )
+        self.seconds += time.perf_counter() - started
         return EvaluationBatch(
             outputs=[c.text for c in done],
             scores=[s.reward for s in scores],
@@ -278,6 +282,7 @@ def run_fast_round(
         "proposals_accepted": len(texts) - len(members),
         "proposals_rejected_unparseable": reflection.rejected,
         "gepa_iterations": state.i + 1,
+        "policy_rollout_seconds": round(adapter.seconds, 3),
     }
     return population, stats
 

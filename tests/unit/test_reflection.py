@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from loopback import REPLY, Endpoint
 
 from fst.reflection import (
     LocalReflectionLM,
@@ -25,83 +24,11 @@ from fst.reflection import (
 
 KEY_ENV = "FST_TEST_REFLECTION_KEY"
 KEY = "sk-test-7f3a9c1e5b2d4a68SECRET"
-REPLY = "Here is the new instruction:\n```\nAdd the two numbers and end with the final number.\n```"
-
-
-class _Endpoint:
-    """A minimal OpenAI chat-completions server: records requests; `mode` switches failures on."""
-
-    def __init__(self):
-        self.mode = "ok"
-        self.requests: list[dict] = []
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                endpoint.requests.append(
-                    {
-                        "path": self.path,
-                        "headers": {k.lower(): v for k, v in self.headers.items()},
-                        "body": json.loads(body),
-                    }
-                )
-                mode = endpoint.mode
-                if self.path != "/v1/chat/completions":
-                    return self._send(404, {"error": {"message": "not found"}})
-                if mode == "500":
-                    return self._send(500, {"error": {"message": "boom"}}, {"retry-after-ms": "10"})
-                if mode == "echo_key":  # like a hosted API that quotes the rejected key back
-                    auth = self.headers.get("Authorization", "")
-                    return self._send(401, {"error": {"message": f"Incorrect API key provided: {auth}"}})
-                if mode == "badjson":
-                    return self._send(200, b"{not json")
-                if mode == "empty":
-                    return self._send(200, {"id": "x", "object": "chat.completion", "choices": []})
-                payload = {
-                    "id": "chatcmpl-1",
-                    "object": "chat.completion",
-                    "created": 0,
-                    "model": endpoint.requests[-1]["body"]["model"],
-                    "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": REPLY},
-                            "finish_reason": "stop",
-                        }
-                    ],
-                }
-                if mode != "nousage":
-                    payload["usage"] = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-                return self._send(200, payload)
-
-            def _send(self, status, payload, headers=None):
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 @pytest.fixture
 def endpoint():
-    server = _Endpoint()
+    server = Endpoint()
     yield server
     server.close()
 
@@ -193,7 +120,7 @@ def test_an_unusable_response_is_a_reflection_error(endpoint, keyed, mode):
 
 
 def test_a_closed_port_fails_quickly(keyed, caplog):
-    gone = _Endpoint()
+    gone = Endpoint()
     gone.close()
     lm = _openai(gone, max_retries=1)
     started = time.perf_counter()

@@ -1,0 +1,461 @@
+"""The fast stage: top-K population from GEPA's Pareto front, GEPA state across processes and rounds,
+rejected reflection replies, a reflection endpoint that is down, and the API key kept out of artifacts.
+
+GEPA really runs here (gepa 0.1.4) on the tiny random Llama; its metric calls are real rollouts. The
+OpenAI-compatible reflection backend talks to a real HTTP server on 127.0.0.1 (tests/loopback.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from loopback import Endpoint
+
+from fst.artifacts import write_parquet
+from fst.data import build_task_data, load_split
+from fst.fast import (
+    FastSettings,
+    GuardedReflection,
+    PolicyAdapter,
+    anchor_and_pareto_sets,
+    run_fast_round,
+    select_population,
+)
+from fst.generation import SamplingSettings
+from fst.population import Member, load_population, save_population, seed_population
+from fst.reflection import OpenAICompatibleLM, ReflectionError
+
+SAMPLING = {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0, "batch_size": 32}
+ANCHORS, PARETO, MINIBATCH, BUDGET = 4, 3, 2, 10
+MEMBERS = [
+    Member("seed", "You are a careful math tutor. End your reply with the final number.", None, 0.5, None, 0),
+    Member("r0-c1", "Add or subtract the numbers, then give only the result.", "seed", 0.5, 0.0, 0),
+]
+KEY_ENV = "FST_TEST_FAST_REFLECTION_KEY"
+KEY = "sk-fast-test-c0ffee5ec4e7-NEVER-WRITE"
+
+
+def _proposal(n: int) -> str:
+    """A valid reflection reply; each request gets its own text, so candidates are distinguishable."""
+    return f"Here is the improved instruction:\n```\nProposal {n}: compute the sum step by step.\n```"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model's matrices are too small for threads: on a busy 2-core machine they cost ~1000x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from fst.policy import load_policy
+
+    return load_policy(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "arithmetic.parquet"
+    write_parquet(build_task_data("arithmetic", 0, {"train": 12, "val": 2, "test": 2}, None), path)
+    return path
+
+
+def _sets(data_file: Path, round_index: int):
+    return anchor_and_pareto_sets(load_split(data_file, "train"), 0, round_index, ANCHORS, PARETO)
+
+
+def _rescoring(records, members, pareto) -> list:
+    """Records that score a member of Φ on the Pareto set: the start-of-round re-scoring calls."""
+    texts, ids = {m.text for m in members}, {p.id for p in pareto}
+    return [r for r in records if r["system_text"] in texts and r["problem_id"] in ids]
+
+
+def _overshoot() -> int:
+    # GEPA checks its budget between iterations: one iteration costs a parent minibatch, a child
+    # minibatch and, when the child is accepted, the whole Pareto set.
+    return 2 * MINIBATCH + PARETO
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. The new population from a known Pareto front
+
+
+def test_select_population_takes_the_top_k_of_the_front_with_lineage():
+    previous = [
+        Member("seed", "S", None, 0.5, 0.1, 0),
+        Member("r1-c1", "A", "seed", 0.5, 0.3, 1),
+    ]
+    candidates = ["S", "A", "B", "C", "D", "E"]
+    parents = [[None], [0], [1], [0], [2], [0]]
+    scores = [0.2, 0.7, 0.9, 0.95, 0.6, 0.6]
+    # Candidate 3 has the best mean score but is best on no instance: not on the front.
+    front = {0: {1, 2}, 1: {2, 5}, 2: {4, 1}, 3: {0}}
+
+    chosen = select_population(candidates, parents, scores, front, previous, k=4, round_index=3)
+    assert chosen == [
+        Member("r3-c2", "B", "r1-c1", 0.25, 0.9, 3),
+        Member("r1-c1", "A", "seed", 0.25, 0.7, 1),  # carried: id, parent, round_created kept; new score
+        Member("r3-c4", "D", "r3-c2", 0.25, 0.6, 3),
+        Member("r3-c5", "E", "seed", 0.25, 0.6, 3),  # ties keep GEPA's order (4 before 5)
+    ]
+    assert select_population(candidates, parents, scores, front, previous, 1, 3) == [
+        Member("r3-c2", "B", "r1-c1", 1.0, 0.9, 3)
+    ]
+    everyone = select_population(candidates, parents, scores, front, previous, 10, 3)
+    assert [m.text for m in everyone] == ["B", "A", "D", "E", "S"]  # the whole front, never "C"
+    assert {m.weight for m in everyone} == {0.2}
+    assert everyone[-1] == Member("seed", "S", None, 0.2, 0.2, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. GEPA state across processes (a retried round) and across rounds (new weights)
+
+_FIRST_ATTEMPT = """
+import json, sys
+from pathlib import Path
+import torch
+torch.set_num_threads(1)
+from fst.data import load_split
+from fst.fast import FastSettings, GuardedReflection, PolicyAdapter, anchor_and_pareto_sets, run_fast_round
+from fst.generation import SamplingSettings
+from fst.policy import load_policy
+from fst.population import load_population
+from fst.reflection import ReflectionError
+
+a = json.loads(sys.argv[1])
+model, tokenizer = load_policy(Path(a["policy"]))
+anchors, pareto = anchor_and_pareto_sets(load_split(Path(a["data"]), "train"), 0, 0, *a["sets"])
+
+def down(prompt):
+    raise ReflectionError("reflection endpoint down")
+
+reflection = GuardedReflection(down)
+adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**a["sampling"]), a["seed"])
+population, stats = run_fast_round(
+    adapter, reflection, load_population(Path(a["members"])), anchors, pareto, Path(a["run_dir"]), 0,
+    FastSettings(**a["fast"]),
+)
+records = [{k: r[k] for k in ("problem_id", "system_text", "completion_ids")} for r in adapter.records]
+print(json.dumps({"stats": stats, "records": records, "unavailable": reflection.unavailable}))
+"""
+
+
+def test_gepa_state_resumes_across_processes_and_is_rescored_under_new_weights(
+    tiny, tiny_model_dir, data_file, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, logger="fst")
+    model, tokenizer = tiny
+    anchors, pareto = _sets(data_file, 0)
+    assert not {p.id for p in anchors} & {p.id for p in pareto}
+    members_file = tmp_path / "population0.json"
+    save_population(MEMBERS, members_file, 0)
+    fast = FastSettings(BUDGET, 2, MINIBATCH, seed=11)
+    run_dir = tmp_path / "gepa_state" / "round0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "gepa.stop").touch()  # left over from an earlier stop: must not end this round
+
+    # Process 1: round 0 with the reflection backend down. GEPA stops early; its state stays.
+    args = {
+        "policy": str(tiny_model_dir),
+        "data": str(data_file),
+        "sets": [ANCHORS, PARETO],
+        "members": str(members_file),
+        "sampling": SAMPLING,
+        "seed": 11,
+        "run_dir": str(run_dir),
+        "fast": asdict(fast),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _FIRST_ATTEMPT, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    first = json.loads(done.stdout.strip().splitlines()[-1])
+    rescoring = len(MEMBERS) * PARETO
+    cap = rescoring + BUDGET
+    assert first["unavailable"]
+    assert first["stats"]["rescoring_calls"] == rescoring
+    assert first["stats"]["max_metric_calls"] == cap
+    assert len(_rescoring(first["records"], MEMBERS, pareto)) == rescoring
+    assert [(r["system_text"], r["problem_id"]) for r in first["records"][:rescoring]] == [
+        (m.text, p.id) for m in MEMBERS for p in pareto
+    ]
+    spent_first = first["stats"]["metric_calls"]
+    assert spent_first == len(first["records"]) < cap  # stopped early: budget left for the retry
+    assert (run_dir / "gepa_state.bin").is_file()
+
+    # Process 2 (this one): the same round, same run_dir, reflection back. It resumes.
+    replies = iter(range(1, 1000))
+    reflection = GuardedReflection(lambda prompt: _proposal(next(replies)))
+    adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**SAMPLING), 11)
+    population, stats = run_fast_round(adapter, reflection, MEMBERS, anchors, pareto, run_dir, 0, fast)
+    assert "resuming this round's GEPA state" in caplog.text
+    assert _rescoring(adapter.records, MEMBERS, pareto) == []  # neither the seed nor Φ re-scored
+    assert stats["max_metric_calls"] == cap and stats["rescoring_calls"] == rescoring  # cumulative
+    assert stats["metric_calls"] == spent_first + len(adapter.records)  # every call counted once
+    assert cap <= stats["metric_calls"] < cap + _overshoot()  # a fresh budget would spend BUDGET more
+    assert len(adapter.records) < BUDGET
+    assert stats["candidates_before"] == len(MEMBERS) and len(reflection.replies) >= 1
+    assert 1 <= len(population) <= 2
+
+    # Rerun once more (e.g. outputs deleted after a later failure): budget spent, nothing re-run.
+    again = PolicyAdapter(model, tokenizer, SamplingSettings(**SAMPLING), 11)
+    population_again, stats_again = run_fast_round(
+        again, GuardedReflection(lambda prompt: _proposal(0)), MEMBERS, anchors, pareto, run_dir, 0, fast
+    )
+    assert again.records == [] and stats_again["metric_calls"] == stats["metric_calls"]
+    assert population_again == population
+
+    # Round 1: new weights, new run_dir. The K members are re-scored under θ_1, first thing.
+    new_model = _perturbed(tiny_model_dir)
+    anchors1, pareto1 = _sets(data_file, 1)
+    assert [p.id for p in pareto1] == [p.id for p in pareto]  # the Pareto set is fixed per run
+    adapter1 = PolicyAdapter(new_model, tokenizer, SamplingSettings(**SAMPLING), 12)
+    population1, stats1 = run_fast_round(
+        adapter1,
+        GuardedReflection(lambda prompt: _proposal(next(replies))),
+        population,
+        anchors1,
+        pareto1,
+        tmp_path / "gepa_state" / "round1",
+        1,
+        replace(fast, seed=12),
+    )
+    k = len(population)
+    head = adapter1.records[: k * PARETO]
+    assert stats1["rescoring_calls"] == k * PARETO
+    assert [(r["system_text"], r["problem_id"]) for r in head] == [
+        (m.text, p.id) for m in population for p in pareto
+    ]
+    # Served by the new weights: the recorded log-probs are θ_1's, not θ_0's (temperature 1, top-p 1).
+    for record in head:
+        assert _max_logprob_gap(new_model, record) < 1e-3
+        assert _max_logprob_gap(model, record) > 1e-2
+    # GEPA's state holds those new scores, not the ones earned under θ_0.
+    from gepa.core.state import GEPAState
+
+    state = GEPAState.load(str(tmp_path / "gepa_state" / "round1"))
+    for i in range(k):
+        rewards = [r["reward"] for r in head[i * PARETO : (i + 1) * PARETO]]
+        assert [state.prog_candidate_val_subscores[i][j] for j in range(PARETO)] == rewards
+    assert stats1["candidates_before"] == k and population1
+
+
+def _perturbed(model_dir: Path):
+    """The tiny model with every weight moved by Gaussian noise (std 0.05, the init is 0.02): a new θ."""
+    from fst.policy import load_policy
+
+    model, _ = load_policy(model_dir)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model
+
+
+def _max_logprob_gap(model, record) -> float:
+    ids = record["prompt_ids"] + record["completion_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, len(record["prompt_ids"]) - 1 : -1]
+    logprobs = torch.log_softmax(logits.float(), -1)
+    chosen = logprobs.gather(1, torch.tensor(record["completion_ids"])[:, None])[:, 0]
+    return float((chosen - torch.tensor(record["logprobs"])).abs().max())
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. Reflection replies with no usable prompt
+
+
+def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(tiny, data_file, tmp_path):
+    model, tokenizer = tiny
+    anchors, pareto = _sets(data_file, 0)
+    junk = ["   \n\t ", "```\n```", "ok."]  # blank, an empty fenced block, too short to be a prompt
+    server = Endpoint(reply=lambda n: junk[n % len(junk)])
+    try:
+        lm = OpenAICompatibleLM(server.base_url, "reflector", api_key_env=None, timeout_s=5, max_retries=0)
+        reflection = GuardedReflection(lm)
+        adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**SAMPLING), 21)
+        settings = FastSettings(BUDGET, 2, MINIBATCH, 21)
+        population, stats = run_fast_round(
+            adapter, reflection, MEMBERS, anchors, pareto, tmp_path / "gepa", 0, settings
+        )
+    finally:
+        server.close()
+    cap = len(MEMBERS) * PARETO + BUDGET
+    iterations = stats["gepa_iterations"]
+    assert iterations >= 2  # GEPA carried on after a rejected reply
+    # GEPA retries a failed batched reflection once per task: one or two replies per iteration.
+    assert reflection.rejected == len(server.requests) == lm.usage.calls
+    assert iterations <= reflection.rejected <= 2 * iterations
+    assert stats["proposals_rejected_unparseable"] == reflection.rejected
+    assert [r["accepted_as_prompt"] for r in reflection.replies] == [False] * reflection.rejected
+    assert not reflection.unavailable and lm.usage.failures == 0  # junk is not an outage
+    assert cap <= stats["metric_calls"] < cap + _overshoot()
+    # No junk candidate was ever scored: every rollout used a member's prompt; none was added.
+    assert {r["system_text"] for r in adapter.records} <= {m.text for m in MEMBERS}
+    assert stats["candidates_after"] == len(MEMBERS) and stats["proposals_accepted"] == 0
+    assert [(m.id, m.text, m.parent_id) for m in population] == [(m.id, m.text, m.parent_id) for m in MEMBERS]
+
+
+# --------------------------------------------------------------------------------------------------
+# 4-5. The CLI stage as the Snakemake rule runs it, with the OpenAI-compatible reflection backend
+
+
+def _settings(reflection: dict, gepa_round: bool = True) -> str:
+    """What workflow/rules/common.smk `fast_settings` produces (config keys of the schema only)."""
+    return json.dumps(
+        {
+            "gepa_round": gepa_round,
+            "fast": {
+                "every": 1,
+                "budget": 6,
+                "population_size": 2,
+                "anchors": ANCHORS,
+                "pareto_problems": PARETO,
+                "reflection_minibatch_size": MINIBATCH,
+            },
+            "reflection": reflection,
+            "sampling": SAMPLING,
+            "dtype": "float32",
+        }
+    )
+
+
+def _openai_reflection(base_url: str) -> dict:
+    return {
+        "backend": "openai",
+        "base_url": base_url,
+        "model": "reflector-7b",
+        "api_key_env": KEY_ENV,
+        "max_tokens": 160,
+        "temperature": 1.0,
+        "timeout_s": 5,
+    }
+
+
+def _fast_argv(exp: Path, round_index: int, population_in: Path, model_dir: Path, data: Path, settings: str):
+    """The argument list of rule fast (workflow/rules/round.smk) for arm fst, seed 0."""
+    run = exp / "default" / "fst" / "seed0"
+    out, gepa_dir = run / f"round{round_index}", run / "gepa_state" / f"round{round_index}"
+    return [
+        "fast", "--arm", "fst", "--round", str(round_index), "--seed", "0",
+        "--population-in", str(population_in), "--policy", str(model_dir), "--base-model", str(model_dir),
+        "--data", str(data), "--settings", settings, "--gepa-dir", str(gepa_dir),
+        "--out", str(out / "population.json"), "--gepa-rollouts", str(out / "gepa_rollouts.parquet"),
+        "--report", str(out / "fast_report.json"), "--provenance", str(out / "provenance" / "fast.json"),
+    ]  # fmt: skip
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_reflection_endpoint_down_keeps_the_state_and_a_rerun_resumes(
+    tiny_model_dir, data_file, tmp_path, monkeypatch, caplog
+):
+    from gepa.core.state import GEPAState
+
+    from fst.cli import main
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    exp = tmp_path / "results" / "default"
+    seed_file = exp / "default" / "population_seed.json"
+    save_population(seed_population(MEMBERS[0].text), seed_file, 0)
+    gone = Endpoint()
+    gone.close()
+    settings = _settings(_openai_reflection(gone.base_url))
+
+    # An earlier round (no GEPA round that time): its files must survive the failure untouched.
+    no_gepa = _settings(_openai_reflection(gone.base_url), gepa_round=False)
+    r0 = _fast_argv(exp, 0, seed_file, tiny_model_dir, data_file, no_gepa)
+    main(r0)
+    population0 = Path(r0[r0.index("--out") + 1])
+    before = _snapshot(exp)
+    assert population0.is_file() and len(before) == 5  # the seed population and round 0's 4 outputs
+
+    argv = _fast_argv(exp, 1, population0, tiny_model_dir, data_file, settings)
+    gepa_dir = Path(argv[argv.index("--gepa-dir") + 1])
+    with pytest.raises(ReflectionError) as err:
+        main(argv)
+    message = str(err.value)
+    assert gone.base_url in message, message
+    assert "state is kept" in message and str(gepa_dir) in message and "resumes" in message
+    assert KEY not in message
+    after = {k: v for k, v in _snapshot(exp).items() if not k.startswith(str(gepa_dir.relative_to(exp)))}
+    assert after == before  # round 0 untouched, and no round-1 output written
+    assert (gepa_dir / "gepa_state.bin").is_file() and (gepa_dir / "fst_budget.json").is_file()
+    spent_first = GEPAState.load(str(gepa_dir)).total_num_evals
+    assert spent_first >= PARETO  # the re-scoring of Φ_1 is in the kept state
+
+    # The server is back where it was: the same command completes the round, resuming the state.
+    server = Endpoint(reply=_proposal, port=gone.port)
+    try:
+        caplog.clear()
+        main(argv)
+    finally:
+        server.close()
+    assert "resuming this round's GEPA state" in caplog.text
+    assert len(server.requests) >= 1
+    round1 = population0.parent.parent / "round1"
+    rollouts = pd.read_parquet(round1 / "gepa_rollouts.parquet")
+    _, pareto = _sets(data_file, 1)
+    assert _rescoring(rollouts.to_dict("records"), load_population(population0), pareto) == []
+    report = json.loads((round1 / "fast_report.json").read_text())["stats"]
+    assert report["metric_calls"] == spent_first + len(rollouts)
+    assert report["rescoring_calls"] == PARETO and report["max_metric_calls"] == PARETO + 6
+    assert 1 <= len(load_population(round1 / "population.json")) <= 2
+    assert {k: v for k, v in _snapshot(exp).items() if k in before} == before
+
+
+def test_the_api_key_is_in_no_artifact(tiny_model_dir, data_file, tmp_path, monkeypatch, caplog, capsys):
+    from fst.cli import main
+
+    caplog.set_level(logging.DEBUG)  # the openai/httpx debug logs too
+    monkeypatch.setenv(KEY_ENV, KEY)
+    exp = tmp_path / "results" / "default"
+    seed_file = exp / "default" / "population_seed.json"
+    save_population(seed_population(MEMBERS[0].text), seed_file, 0)
+    server = Endpoint(reply=_proposal)
+    try:
+        settings = _settings(_openai_reflection(server.base_url))
+        argv = _fast_argv(exp, 0, seed_file, tiny_model_dir, data_file, settings)
+        main(argv)
+    finally:
+        server.close()
+    assert server.requests and all(
+        r["headers"]["authorization"] == f"Bearer {KEY}" for r in server.requests
+    )  # the key was really in play
+    gepa_dir = Path(argv[argv.index("--gepa-dir") + 1])
+    assert gepa_dir.is_relative_to(exp)
+    files = [p for p in exp.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {
+        "population.json", "gepa_rollouts.parquet", "fast_report.json", "fast.json", "gepa_state.bin",
+    }  # fmt: skip
+    for path in files:
+        assert KEY.encode() not in path.read_bytes(), path
+    captured = capsys.readouterr()
+    for text in (caplog.text, captured.out, captured.err):
+        assert KEY not in text
+    provenance = json.loads(Path(argv[argv.index("--provenance") + 1]).read_text())
+    described = provenance["reflection"]
+    assert described["backend"] == "openai" and described["base_url"] == server.base_url
+    assert described["model"] == "reflector-7b" and described["api_key_env"] == KEY_ENV
+    assert described["api_key_set"] is True
+    assert provenance["config"]["reflection"]["api_key_env"] == KEY_ENV
+    assert provenance["counts"]["reflection_calls"] == len(server.requests)
