@@ -73,9 +73,15 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], settings: Sampli
             **sampling,
         )
     new_tokens = out.sequences[:, width:]
-    # out.scores are the processed logits the sampler drew from (temperature and top-p applied).
-    scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)
-    chosen = scores.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
+    # out.scores are the processed logits the sampler drew from (temperature and top-p applied);
+    # one step at a time, so no batch × steps × vocabulary copy is made.
+    chosen = torch.stack(
+        [
+            step.float().log_softmax(-1).gather(-1, new_tokens[:, t : t + 1]).squeeze(-1)
+            for t, step in enumerate(out.scores)
+        ],
+        dim=1,
+    )
     return new_tokens.tolist(), chosen.tolist()
 
 
