@@ -1,7 +1,7 @@
 """Benchmark the rollout stage's generation against a bare `model.generate` loop on the same batch.
 
     python benchmarks/bench_rollout.py [--model DIR] [--problems N] [--group-size G]
-                                       [--max-new-tokens M] [--repeats R] [--no-memory]
+                                       [--max-new-tokens M] [--repeats R] [--threads T] [--no-memory]
 
 Both arms sample one completion for each of N problems x G system-prompt slots (the chat-templated
 prompts the stage builds), in left-padded batches of the same size, seeded per batch the same way:
@@ -15,7 +15,9 @@ The arms run alternately in this process (baseline, stage, baseline, stage, ...)
 warm-up, and each reports the median over repeats; tokens are the generated tokens kept (up to and
 including eos), as the stage's provenance counts them. With the same seeds both arms should draw
 the same tokens, which the result records. Time inside `model.generate` is measured separately in
-both arms to show where any difference comes from.
+both arms to show where any difference comes from. Besides the ratio of medians the result gives
+the ratio of the best runs, of tokens per CPU second, and of each stage run to the baseline run just
+before it: on a CPU shared with other work, read them together.
 
 Peak memory: each arm also runs once in a child process of its own (model load, then one run), which
 reports its ru_maxrss and, where Linux lets a process reset its high-water mark
@@ -196,9 +198,13 @@ def diagnose(setup: Setup, repeats: int = 3) -> dict:
     post, template = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        # fst.generation._generate_batch's post-processing of out.scores, once per batch
-        chosen = torch.stack(scores, dim=1).float().log_softmax(-1)
-        chosen.gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1).tolist()
+        # As fst.generation._generate_batch post-processes out.scores, once per batch: the
+        # log-probability of each drawn token, one step at a time.
+        steps = [
+            step.float().log_softmax(-1).gather(-1, new_tokens[:, t : t + 1]).squeeze(-1)
+            for t, step in enumerate(scores)
+        ]
+        torch.stack(steps, dim=1).tolist()
         post.append((time.perf_counter() - t0) * batches)
         t0 = time.perf_counter()
         for problem in setup.problems:
@@ -360,7 +366,7 @@ def main() -> None:
     )
     print(f"same tokens in both arms: {same}")
     print(
-        f"stage work outside generate (stand-ins): scores stack+log_softmax "
+        f"stage work outside generate (stand-ins): log-probs from out.scores "
         f"{diagnostics['scores_postprocess_s']:.2f} s, "
         f"chat templates {diagnostics['chat_template_s']:.2f} s; "
         f"out.scores holds {diagnostics['scores_kept_mb']:.0f} MB per batch"

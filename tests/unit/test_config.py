@@ -169,6 +169,7 @@ def test_training_task_in_ood_is_rejected(shipped):
 
 
 def test_too_few_training_problems_for_a_round(shipped):
+    shipped["arms"] = ["rl"]  # no GEPA arm: only the RL batch draws on the training split
     shipped["slow"].update(steps_per_round=4, batch_size=8)
     shipped["rollout"]["group_size"] = 4
     shipped["tasks"]["sizes"]["train"] = 7  # a round needs 4 * 8 / 4 = 8
@@ -181,3 +182,16 @@ def test_too_few_training_problems_for_a_round(shipped):
 def test_problems_per_round():
     cfg = {"slow": {"steps_per_round": 3, "batch_size": 12}, "rollout": {"group_size": 4}}
     assert problems_per_round(cfg) == 9
+
+
+def test_gepa_problems_must_fit_in_the_training_split(shipped):
+    shipped["tasks"]["sizes"]["train"] = 20
+    shipped["fast"].update(anchors=16, pareto_problems=6)
+    message = _error(shipped)
+    assert "fast.anchors" in message and "22" in message and "tasks.sizes.train" in message
+
+
+def test_openai_reflection_needs_an_endpoint(shipped):
+    shipped["reflection"] = {"backend": "openai", "model": "m"}
+    message = _error(shipped)
+    assert "reflection.base_url" in message and "reflection.backend: local" in message
