@@ -219,23 +219,32 @@ def diagnose(setup: Setup, repeats: int = 3) -> dict:
 
 
 def child(arm: str, opts) -> None:
-    """One arm once, in a process of its own: print its memory figures as JSON."""
+    """One arm once, in a process of its own: print its memory figures as JSON.
+
+    Peaks come from VmHWM, which starts afresh at exec, not from ru_maxrss, which keeps the RSS the
+    parent had when it forked this process.
+    """
+    import torch
+
     setup = Setup(opts)
-    rss_loaded = _status_mb("VmRSS")
-    maxrss_loaded = peak_rss_mb()
+    with torch.no_grad():  # fault in the weights (safetensors maps them; loading does not read them)
+        setup.model(torch.tensor([setup.prompts[0][:8]]))
+    ready = _status_mb("VmRSS")
+    load_peak = _status_mb("VmHWM")
     reset = _reset_high_water_mark()
     run = setup.timed(arm)
+    peak = _status_mb("VmHWM")
     result = {
         "arm": arm,
-        "rss_after_load_mb": rss_loaded,
-        "ru_maxrss_after_load_mb": maxrss_loaded,
+        "rss_ready_mb": ready,  # model loaded and its weights resident
+        "load_peak_rss_mb": load_peak,
+        "peak_rss_mb": max(load_peak, peak) if reset else peak,  # the whole process, as Snakemake sees it
         "ru_maxrss_mb": peak_rss_mb(),
-        "generation_peak_rss_mb": _status_mb("VmHWM") if reset else None,
+        "generation_peak_rss_mb": peak if reset else None,
+        "generation_increase_mb": peak - ready if reset else None,
         "tokens": run["tokens"],
         "wall_s": run["wall_s"],
     }
-    if reset and rss_loaded is not None:
-        result["generation_increase_mb"] = result["generation_peak_rss_mb"] - rss_loaded
     print(json.dumps(result))
 
 
@@ -267,14 +276,18 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes for memory")
     parser.add_argument("--child", choices=("baseline", "stage"), help=argparse.SUPPRESS)
     opts = parser.parse_args()
-    import torch
-
     if opts.threads:
+        import torch
+
         torch.set_num_threads(opts.threads)
     if opts.child:
         child(opts.child, opts)
         return
+    # Memory first, while this process is still small: a child's ru_maxrss starts at the RSS its
+    # parent had when it forked.
+    memory = {} if opts.no_memory else measure_memory(opts)
 
+    import torch
     import transformers
 
     setup = Setup(opts)
@@ -318,7 +331,6 @@ def main() -> None:
     # Each repeat's stage run against the baseline run just before it: drift in the load cancels more.
     paired = [s["tokens_per_s"] / b["tokens_per_s"] for b, s in zip(*runs.values(), strict=True)]
     diagnostics = diagnose(setup)
-    memory = {} if opts.no_memory else measure_memory(opts)
     result = {
         "model": str(setup.model_dir),
         "problems": opts.problems,
@@ -352,7 +364,7 @@ def main() -> None:
     print("{:<9} {:>7} {:>7} {:>14} {:>10} {:>12}".format(*header))
     for arm in arms:
         s = summary[arm]
-        peak = memory.get(arm, {}).get("ru_maxrss_mb")
+        peak = memory.get(arm, {}).get("peak_rss_mb")
         print(
             f"{arm:<9} {s['tokens_per_s_median']:>7.1f} {s['wall_s_median']:>7.2f} "
             f"{s['generate_s_median']:>14.2f} {s['outside_generate_s_median']:>10.2f} "
@@ -375,8 +387,8 @@ def main() -> None:
         m = memory[arm]
         if m.get("generation_increase_mb") is not None:
             print(
-                f"{arm}: RSS {m['rss_after_load_mb']:.0f} MB after load, "
-                f"peak {m['generation_peak_rss_mb']:.0f} MB during generation "
+                f"{arm}: RSS {m['rss_ready_mb']:.0f} MB with the model resident, "
+                f"peak {m['generation_peak_rss_mb']:.0f} MB while generating "
                 f"(+{m['generation_increase_mb']:.0f} MB)"
             )
     print(f"written to {RESULTS}")
