@@ -53,3 +53,22 @@ def tiny_model_dir(smollm2_dir) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model's matrices are too small for threads: on a busy 2-core machine they cost ~1000x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    """The tiny model and its tokenizer, loaded once per test module."""
+    from fst.policy import load_policy
+
+    return load_policy(tiny_model_dir)

@@ -105,11 +105,26 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+class _CountedLM:
+    """What GEPA reads from a reflection LM (it then skips its character-count TrackingLM wrapper)."""
+
+    total_cost = 0.0  # unknown pricing: GEPA's max_reflection_cost never triggers on these backends
+    usage: ReflectionUsage
+
+    @property
+    def total_tokens_in(self) -> int:
+        return self.usage.prompt_tokens
+
+    @property
+    def total_tokens_out(self) -> int:
+        return self.usage.completion_tokens
+
+
 # --------------------------------------------------------------------------------------------------
 # Local backend
 
 
-class LocalReflectionLM:
+class LocalReflectionLM(_CountedLM):
     """The frozen base model as the reflection LM (transformers; CPU or one GPU)."""
 
     backend = "local"
@@ -135,17 +150,6 @@ class LocalReflectionLM:
         self.last_error: str | None = None
         self._model = None
         self._tokenizer = None
-
-    # GEPA reads these (and then skips its character-count TrackingLM wrapper).
-    total_cost = 0.0
-
-    @property
-    def total_tokens_in(self) -> int:
-        return self.usage.prompt_tokens
-
-    @property
-    def total_tokens_out(self) -> int:
-        return self.usage.completion_tokens
 
     def __repr__(self) -> str:
         return (
@@ -229,7 +233,7 @@ class LocalReflectionLM:
 # OpenAI-compatible backend
 
 
-class OpenAICompatibleLM:
+class OpenAICompatibleLM(_CountedLM):
     """An OpenAI-compatible chat-completions endpoint as the reflection LM.
 
     The key is read from `$api_key_env` when the client is built (first call) and lives only inside
@@ -264,16 +268,6 @@ class OpenAICompatibleLM:
         self._client = None
         self._secrets: tuple[str, ...] = ()
         self._warned_no_usage = False
-
-    total_cost = 0.0  # unknown pricing; GEPA's max_reflection_cost never triggers on this backend
-
-    @property
-    def total_tokens_in(self) -> int:
-        return self.usage.prompt_tokens
-
-    @property
-    def total_tokens_out(self) -> int:
-        return self.usage.completion_tokens
 
     def __repr__(self) -> str:
         return (

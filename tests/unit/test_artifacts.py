@@ -23,6 +23,8 @@ from fst.artifacts import (
 )
 from fst.policy import POLICY_RECORD, base_model_of, load_policy, policy_kind, save_policy
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # --- atomic writes ------------------------------------------------------------------------------
 
 
@@ -162,14 +164,6 @@ def test_timed_records_even_when_the_block_raises():
 
 
 # --- policy folders -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

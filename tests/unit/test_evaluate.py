@@ -13,24 +13,10 @@ from fst.generation import SamplingSettings, chat_prompt_ids
 from fst.population import Member
 from fst.tasks.splits import make_splits
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, top_p=1.0, batch_size=32)
 MEMBER = Member("m1", "You are a careful math tutor.", "seed", 1.0, None, 1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

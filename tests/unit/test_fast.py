@@ -49,22 +49,6 @@ def _proposal(n: int) -> str:
     return f"Here is the improved instruction:\n```\nProposal {n}: compute the sum step by step.\n```"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matrices are too small for threads: on a busy 2-core machine they cost ~1000x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from fst.policy import load_policy
-
-    return load_policy(tiny_model_dir)
-
-
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "arithmetic.parquet"
@@ -133,6 +117,8 @@ from fst.generation import SamplingSettings
 from fst.policy import load_policy
 from fst.population import load_population
 from fst.reflection import ReflectionError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 a = json.loads(sys.argv[1])
 model, tokenizer = load_policy(Path(a["policy"]))

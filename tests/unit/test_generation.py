@@ -9,24 +9,9 @@ import torch
 
 from fst.generation import SamplingSettings, chat_prompt_ids, sample
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TEMPERATURE = 0.7
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's matrices are too small for threads: on a busy 2-core machine they cost ~1000x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @contextmanager

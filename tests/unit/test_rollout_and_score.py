@@ -7,7 +7,6 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-import torch
 
 from fst.artifacts import write_parquet
 from fst.generation import SamplingSettings
@@ -15,6 +14,8 @@ from fst.population import Member, spread_over_group
 from fst.reward import score_rollouts
 from fst.rollout import generate_rollouts
 from fst.tasks.splits import make_splits
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 G = 4
 SEED = 123
@@ -24,22 +25,6 @@ ROLLOUT_COLUMNS = {
     "backend", "seed", "temperature",
 }  # fmt: skip
 SCORE_COLUMNS = {"reward", "components", "feedback", "answer"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

@@ -208,9 +208,7 @@ def test_claims_follow_two_hops():
 
 
 def test_refuted_claims_often_use_a_place_from_the_distractors():
-    refuted = [
-        p for p in get_task("claims").generate(random.Random(4), 200) if p.answer == "REFUTED"
-    ]
+    refuted = [p for p in get_task("claims").generate(random.Random(4), 200) if p.answer == "REFUTED"]
     from_facts = [p for p in refuted if any(p.meta["claimed_place"] in f for f in p.meta["facts"])]
     assert 0.2 < len(from_facts) / len(refuted) < 1
 
@@ -280,9 +278,7 @@ def test_claims_splits_are_each_balanced():
 
 
 def test_exhausted_family_raises(monkeypatch):
-    tiny = code_output_module.Template(
-        "def f(x):\n    return x", lambda r: {}, lambda r: r.randint(0, 4)
-    )
+    tiny = code_output_module.Template("def f(x):\n    return x", lambda r: {}, lambda r: r.randint(0, 4))
     monkeypatch.setattr(code_output_module, "TEMPLATES", (tiny,))
     assert len(make_splits("code_output", 0, {"train": 3, "val": 2})["val"]) == 2
     with pytest.raises(ValueError, match="ran out of distinct problems"):

@@ -31,8 +31,9 @@ def experiment(request) -> str:
 
 
 def _mirror(uri, experiment, key=KEY, step=0, **kwargs):
-    status = mirror_round(uri, experiment, key, kwargs.pop("params", {}),
-                          kwargs.pop("metrics", METRICS), step, **kwargs)
+    status = mirror_round(
+        uri, experiment, key, kwargs.pop("params", {}), kwargs.pop("metrics", METRICS), step, **kwargs
+    )
     json.dumps(status)  # the stage writes it to a file
     assert status["ok"], status
     return status
@@ -95,8 +96,7 @@ def test_artifacts_under_round_dir_beside_db(uri, experiment, tmp_path, monkeypa
     assert (first["logged_artifacts"], again["logged_artifacts"]) == (1, 0)
     assert "missing.json" in first["warnings"][0]
     client = MlflowClient(uri)
-    assert [f.path for f in client.list_artifacts(first["run_id"], "round2")] == [
-        "round2/metrics.json"]
+    assert [f.path for f in client.list_artifacts(first["run_id"], "round2")] == ["round2/metrics.json"]
     assert not (tmp_path / "mlruns").exists()
     db_dir = Path(uri.removeprefix("sqlite:///")).parent
     assert (db_dir / "mlartifacts" / experiment).is_dir()
@@ -114,11 +114,17 @@ def test_concurrent_processes_on_a_fresh_db(tmp_path):
     """Concurrent first connects must not corrupt the new DB's schema migration."""
     uri = _sqlite_uri(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(Path(fst.__file__).parents[1])}
-    code = ("import json, sys; from fst.tracking import mirror_round; "
-            "print(json.dumps(mirror_round(sys.argv[1], 'exp', {'seed': sys.argv[2]}, {}, "
-            "{'reward': 1.0}, 0)))")
-    procs = [subprocess.Popen([sys.executable, "-c", code, uri, str(seed)],
-                              stdout=subprocess.PIPE, text=True, env=env) for seed in range(3)]
+    code = (
+        "import json, sys; from fst.tracking import mirror_round; "
+        "print(json.dumps(mirror_round(sys.argv[1], 'exp', {'seed': sys.argv[2]}, {}, "
+        "{'reward': 1.0}, 0)))"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, uri, str(seed)], stdout=subprocess.PIPE, text=True, env=env
+        )
+        for seed in range(3)
+    ]
     statuses = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(s["ok"] for s in statuses), statuses
     assert len(_runs(uri, "exp")) == 3
@@ -131,7 +137,6 @@ def test_resolve_tracking_uri_precedence(tmp_path, monkeypatch):
     assert resolve_tracking_uri("http://tracking:5000", tmp_path) == "http://tracking:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
     assert resolve_tracking_uri("http://tracking:5000", tmp_path) == "sqlite:///env.db"
-
 
 
 def test_locked_database_is_retried_within_budget():

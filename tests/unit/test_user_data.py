@@ -10,9 +10,7 @@ from fst.tasks.base import make_id
 
 
 def write_jsonl(path, lines):
-    path.write_text(
-        "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
-    )
+    path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines))
     return path
 
 
