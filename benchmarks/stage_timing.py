@@ -55,6 +55,15 @@ def benchmark_for(record: Path) -> Path | None:
     return next((c for c in candidates if c.is_file()), None)
 
 
+def stage_kind(record: dict) -> str:
+    """The record's stage; a fast stage that only passes the population on (arm rl, or a round
+    without GEPA) is its own kind, so that it does not dilute the GEPA rounds' figures."""
+    config = record.get("config") or {}
+    if record["stage"] == "fast" and config.get("gepa_round") is False:
+        return "fast (pass-through)"
+    return record["stage"]
+
+
 def _number(text: str | None) -> float | None:
     try:
         return float(text)
@@ -94,7 +103,7 @@ def job_timing(record_path: Path, experiment: Path) -> dict | None:
     return {
         "record": str(record_path.relative_to(experiment)),
         "benchmark": str(tsv.relative_to(experiment)) if tsv else None,
-        "stage": record["stage"],
+        "stage": stage_kind(record),
         "wall_s": wall,
         "benchmark_s": bench["s"],
         "record_wall_s": in_process,
@@ -180,12 +189,12 @@ def main() -> None:
     opts.out.write_text(json.dumps(result, indent=2) + "\n")
 
     header = ("stage", "n", "mean wall s", "peak RSS MB", "start+load", "work", "untimed", "work sections")
-    print("{:<16} {:>3} {:>11} {:>11} {:>10} {:>6} {:>8}  {}".format(*header))
+    print("{:<19} {:>3} {:>11} {:>11} {:>10} {:>6} {:>8}  {}".format(*header))
     for stage, k in sorted(kinds.items(), key=lambda item: -item[1]["total_wall_s"]):
         rss = "-" if k["peak_max_rss_mb"] is None else f"{k['peak_max_rss_mb']:.0f}"
         sections = ", ".join(f"{n} {v:.1f}s" for n, v in k["mean_timings_s"].items() if n not in STARTUP)
         print(
-            f"{stage:<16} {k['count']:>3} {k['mean_wall_s']:>11.2f} {rss:>11} "
+            f"{stage:<19} {k['count']:>3} {k['mean_wall_s']:>11.2f} {rss:>11} "
             f"{_pct(k['share_startup']):>10} {_pct(k['share_work']):>6} {_pct(k['share_untimed']):>8}  "
             f"{sections}"
         )

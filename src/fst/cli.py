@@ -91,6 +91,7 @@ def cmd_fast(args) -> None:
         proposals_accepted=stats.get("proposals_accepted", 0),
         proposals_rejected_unparseable=stats.get("proposals_rejected_unparseable", 0),
     )
+    prov.record["timings_s"]["process_start"] = args.process_start
     prov.write(args.provenance, {"population": args.out, "gepa_rollouts": args.gepa_rollouts})
 
 
@@ -201,6 +202,10 @@ def cmd_slow(args) -> None:
     inputs = {"scored": args.scored, "policy_in": args.policy_in, "base_model": args.base_model}
     prov = Provenance("slow", inputs, cfg, seed=cfg.get("seed"))
     with prov.timed("imports"):
+        import peft  # noqa: F401
+        import torch  # noqa: F401
+        import trl  # noqa: F401
+
         from fst.slow import SlowConfig, run_slow_update
     with prov.timed("train"):
         metrics = run_slow_update(
