@@ -34,6 +34,8 @@ from fst.generation import SamplingSettings
 from fst.population import Member, load_population, save_population, seed_population
 from fst.reflection import OpenAICompatibleLM, ReflectionError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SAMPLING = {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0, "batch_size": 32}
 ANCHORS, PARETO, MINIBATCH, BUDGET = 4, 3, 2, 10
 MEMBERS = [
@@ -117,8 +119,6 @@ from fst.generation import SamplingSettings
 from fst.policy import load_policy
 from fst.population import load_population
 from fst.reflection import ReflectionError
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 a = json.loads(sys.argv[1])
 model, tokenizer = load_policy(Path(a["policy"]))
