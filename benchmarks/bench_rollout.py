@@ -40,8 +40,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "tests" / ".cache" / "smollm2"
+from bench_common import ROOT, base_model, peak_rss_mb
+
 RESULTS = ROOT / "benchmarks" / "results" / "rollout.json"
 # config/config.yaml's seed prompt and rollout temperature.
 SYSTEM = "You are a careful math tutor. Work out the answer, then end your reply with the final number."
@@ -49,20 +49,6 @@ TEMPERATURE = 0.7
 BATCH_SIZE = 32
 SEED = 1234
 TARGET = 0.9
-
-
-def base_model(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    from fst.model import MODEL_RECORD, PACKAGED_SMOLLM2, prepare_base_model
-
-    if not (DEFAULT_MODEL / MODEL_RECORD).is_file():
-        prepare_base_model(PACKAGED_SMOLLM2, DEFAULT_MODEL)
-    return DEFAULT_MODEL
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _status_mb(field: str) -> float | None:

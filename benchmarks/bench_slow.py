@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from bench_common import ROOT, base_model, peak_rss_mb
 
 from fst.slow import (
     SlowConfig,
@@ -37,25 +37,9 @@ from fst.slow import (
     stored_reward,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = ROOT / "tests" / ".cache" / "smollm2"
 RESULTS = ROOT / "benchmarks" / "results" / "slow.json"
 SYSTEM = ("Answer with the number only.", "Think step by step, then give the number.")
 MAX_NEW_TOKENS = 48
-
-
-def base_model(arg: str | None) -> Path:
-    if arg:
-        return Path(arg)
-    from fst.model import MODEL_RECORD, PACKAGED_SMOLLM2, prepare_base_model
-
-    if not (DEFAULT_MODEL / MODEL_RECORD).is_file():
-        prepare_base_model(PACKAGED_SMOLLM2, DEFAULT_MODEL)
-    return DEFAULT_MODEL
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _completion_logprobs(model, prompt_ids: list[int], completion: list[int]) -> list[float]:
