@@ -44,6 +44,11 @@ def write_json(obj, path: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_text(text: str, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 

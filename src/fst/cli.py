@@ -218,10 +218,8 @@ def cmd_slow(args) -> None:
             SlowConfig.from_dict(cfg),
         )
     artifacts.write_json(metrics, args.metrics)
-    prov.count(
-        optimizer_steps=cfg["steps_per_round"],
-        rollouts_trained=cfg["steps_per_round"] * cfg["batch_size"],
-    )
+    taken = len(metrics["steps"])  # TRL logs every optimiser step (logging_steps=1)
+    prov.count(optimizer_steps=taken, rollouts_trained=taken * cfg["batch_size"])
     prov.record["timings_s"]["process_start"] = args.process_start
     prov.write(args.provenance, {"policy": args.out, "metrics": args.metrics})
 
@@ -274,53 +272,126 @@ def cmd_evaluate(args) -> None:
         log.info("%s %s %s = %.4f (n=%d)", row.task, row.setting, row.metric, row.value, row.n)
 
 
-def cmd_track(args) -> None:
-    """Mirror one evaluation point (and the slow metrics that led to it) into MLflow; never fails."""
+def cmd_decompose(args) -> None:
+    """Channel decomposition: {base, trained} weights x {seed, evolved} prompt, validation mean@k."""
+    from fst.data import load_split
+    from fst.evaluate import channel_decomposition
+    from fst.generation import SamplingSettings
+    from fst.policy import load_policy
+    from fst.population import best_member, load_population
+
+    cfg = _json(args.settings)
+    inputs = {"policy": args.policy, "base_model": args.base_model, "population": args.population,
+              "seed_population": args.seed_population, "data": args.data}
+    prov = Provenance("decompose", inputs, cfg, seed=args.seed)
+    trained, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    with prov.timed("base_model_load"):
+        base, _ = load_policy(Path(args.base_model), cfg["dtype"])
+    prompts = {"seed": best_member(load_population(args.seed_population)),
+               "evolved": best_member(load_population(args.population))}
+    settings = SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+    with prov.timed("generate_and_score"):
+        table, samples = channel_decomposition(
+            {"base": base, "trained": trained}, tokenizer, load_split(args.data, "val"), prompts, cfg["k"],
+            settings, seed=args.seed * 1_000_003 + 800_000,
+        )
+    table.insert(0, "after_rounds", args.after_rounds)
+    artifacts.write_parquet(table, args.out)
+    artifacts.write_parquet(samples, args.samples)
+    prov.count(eval_rollouts=len(samples))
+    prov.record["timings_s"]["process_start"] = args.process_start
+    prov.write(args.provenance, {"decomposition": args.out, "samples": args.samples})
+
+
+def _quick_tracking_failure() -> None:
+    """MLflow's defaults retry a dead tracking server for minutes; a stage gives up quickly instead
+    (the files stay complete and the sync stage fills in what was missed). No network: no telemetry."""
     import os
 
-    import pandas as pd
-
-    from fst.summary import policy_rollouts_before, policy_rollouts_per_round
-    from fst.tracking import flatten, mirror_round, resolve_tracking_uri
-
-    # MLflow's defaults retry a dead tracking server for minutes; a stage should give up quickly
-    # (the files stay complete, and a rerun fills in the missing points). No network: no telemetry.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+
+def cmd_track(args) -> None:
+    """Mirror one evaluation point (and the slow metrics that led to it) into MLflow; never fails.
+
+    tracked.json keeps what was sent (the outbox) beside the outcome, so the sync stage can replay
+    any point that an outage kept out of MLflow.
+    """
+    import pandas as pd
+
+    from fst.summary import counts_by_run, spent_before
+    from fst.tracking import flatten, mirror_round, resolve_tracking_uri
+
+    _quick_tracking_failure()
     table = pd.read_parquet(args.eval)
     metrics = {f"{r.task}/{r.setting}/{r.metric}": float(r.value) for r in table.itertuples()}
     if args.slow_metrics:
         slow = artifacts.read_json(args.slow_metrics)
         metrics.update({f"train/{k}": float(v) for k, v in slow.items() if isinstance(v, int | float)})
-    per_round = policy_rollouts_per_round(args.round_provenance)
-    rollouts = sum(policy_rollouts_before(runs, args.after_rounds) for runs in per_round.values())
+    spent = [spent_before(runs, args.after_rounds) for runs in counts_by_run(args.round_provenance).values()]
+    point = _json(args.params)
+    payload = {
+        "experiment": args.experiment,
+        "run_key": {"point": args.point, "arm": args.arm, "seed": str(args.seed)},
+        "parent_key": {"point": args.point},
+        "params": flatten(point["config"]),
+        "parent_params": flatten({"swept": point["swept"]}) | flatten(point["config"]),
+        "metrics": metrics,
+        "step": args.after_rounds,
+        "extra_steps": {"rl_steps": sum(s.rl_steps for s in spent),
+                        "rollouts": sum(s.policy_rollouts for s in spent)},
+        "artifacts": [str(args.eval), *([str(args.population)] if args.population else [])],
+    }
     uri = resolve_tracking_uri(args.uri, Path(args.results_dir))
-    rl_steps = 0 if args.arm == "gepa" else args.after_rounds * args.steps_per_round
-    status = mirror_round(
-        uri,
-        args.experiment,
-        {"point": args.point, "arm": args.arm, "seed": str(args.seed)},
-        flatten(_json(args.params)),
-        metrics,
-        step=args.after_rounds,
-        extra_steps={"rl_steps": rl_steps, "rollouts": rollouts},
-    )
+    status = mirror_round(uri, **payload)
     if not status.get("ok"):
-        log.warning("MLflow mirror failed (the files are complete; rerun to fill in): %s", status)
-    artifacts.write_json({**status, "uri": uri}, args.out)
+        log.warning("MLflow mirror failed (the files are complete; the sync stage fills it in): %s", status)
+    artifacts.write_json({**status, "uri": uri, "payload": payload}, args.out)
+
+
+def cmd_sync_tracking(args) -> None:
+    """Backfill every evaluation point an outage kept out of MLflow; attach the report to each point."""
+    from fst.tracking import attach_files, mirror_round, resolve_tracking_uri
+
+    _quick_tracking_failure()
+    uri = resolve_tracking_uri(args.uri, Path(args.results_dir))
+    backfilled, failed, points = [], [], {}
+    for path in args.tracked:
+        record = artifacts.read_json(path)
+        points[record["payload"]["parent_key"]["point"]] = record["payload"]["parent_key"]
+        if record.get("ok") and record.get("uri") == uri:
+            continue
+        status = mirror_round(uri, **record["payload"])
+        (backfilled if status.get("ok") else failed).append({"tracked": str(path), **status})
+    attached = [
+        attach_files(uri, args.experiment, key, [Path(f) for f in args.files], "report")
+        for key in points.values()
+    ]
+    failed += [status for status in attached if not status.get("ok")]
+    if failed:
+        log.warning("MLflow still unreachable for %d calls; rerun this stage (snakemake --forcerun "
+                    "sync_tracking) once it is back. First error: %s", len(failed), failed[0].get("error"))
+    artifacts.write_json({"uri": uri, "ok": not failed, "backfilled": backfilled, "failed": failed,
+                          "report_attached": attached}, args.out)
 
 
 def cmd_summarize(args) -> None:
-    """Summary stage: all runs' evaluations in one table, and the reward curves."""
-    from fst.summary import collect, plot_reward_curves
+    """Summary stage: all runs' evaluations in one table, with RL steps and policy rollouts spent."""
+    from fst.summary import collect
 
-    table = collect(args.evals, args.round_provenance, args.steps_per_round)
-    artifacts.write_parquet(table, args.out)
-    with artifacts.atomic_path(Path(args.plot)) as tmp:
-        plot_reward_curves(table, tmp.with_suffix(".png"))
-        tmp.with_suffix(".png").replace(tmp)
+    artifacts.write_parquet(collect(args.evals, args.round_provenance), args.out)
+
+
+def cmd_report(args) -> None:
+    """Report stage: sample efficiency, ceiling, drift, OOD, decomposition: tables, figures, Markdown."""
+    from fst import report
+
+    figure_files = dict(zip(report.FIGURES, map(Path, args.figures), strict=True))
+    posthoc = report.read_posthoc(args.posthoc_evals, args.posthoc_provenance)
+    report.build(args.experiment, Path(args.summary), args.decomposition, posthoc, Path(args.tables),
+                 figure_files, Path(args.markdown), args.min_fit_points)
 
 
 # Arguments per stage: "name" a required string, "name:int" a required integer, "name?" optional,
@@ -344,12 +415,23 @@ _STAGES = {
         cmd_evaluate,
         "policy population base_model data ood* after_rounds:int seed:int settings out samples provenance",
     ),
+    "decompose": (
+        cmd_decompose,
+        "policy base_model population seed_population data after_rounds:int seed:int settings "
+        "out samples provenance",
+    ),
     "track": (
         cmd_track,
-        "eval slow_metrics? round_provenance* results_dir experiment point arm seed:int "
-        "after_rounds:int steps_per_round:int params uri? out",
+        "eval population? slow_metrics? round_provenance* results_dir experiment point arm seed:int "
+        "after_rounds:int params uri? out",
     ),
-    "summarize": (cmd_summarize, "evals+ round_provenance+ steps_per_round:int out plot"),
+    "sync-tracking": (cmd_sync_tracking, "tracked+ files* results_dir experiment uri? out"),
+    "summarize": (cmd_summarize, "evals+ round_provenance* out"),
+    "report": (
+        cmd_report,
+        "experiment summary decomposition* posthoc_evals* posthoc_provenance* min_fit_points:int tables "
+        "figures+ markdown",
+    ),
 }
 
 

@@ -54,12 +54,23 @@ def _explain(error, schema: dict) -> str:
     if error.validator == "enum":
         return f"key '{where}' is {error.instance!r}; allowed values: {error.validator_value}."
     if error.validator == "type":
+        hint = ""
+        if isinstance(error.instance, str) and _is_number(error.instance):
+            hint = " YAML reads numbers like 1e-4 as text: write them with a dot and a sign, 1.0e-4."
         return (
             f"key '{where}' is {error.instance!r} ({type(error.instance).__name__}); "
-            f"it must be of type {error.validator_value}."
+            f"it must be of type {error.validator_value}.{hint}"
         )
     description = error.schema.get("description", "")
     return f"key '{where}': {error.message}. {description}".strip()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_config(config: dict, schema_path: Path, source: str = "config") -> dict:

@@ -117,3 +117,28 @@ def evaluate(
         log.info("ood %s: %.3f", task, ood_samples["reward"].mean())
     table = pd.DataFrame(metrics, columns=["task", "setting", "metric", "value", "n"])
     return table, pd.concat(frames, ignore_index=True)
+
+
+def channel_decomposition(
+    weights: dict, tokenizer, val: list[Problem], prompts: dict[str, Member], k: int,
+    settings: SamplingSettings, seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Validation mean@k of every {weights} x {prompt} combination, with one sampling seed for all.
+
+    `weights` maps a name ("base", "trained") to a model, `prompts` a name ("seed", "evolved") to a
+    population member. A shared seed (common random numbers) makes the cells' differences due to
+    weights and prompt rather than to the draw.
+    """
+    rows, frames = [], []
+    for weights_name, model in weights.items():
+        for prompt_name, member in prompts.items():
+            label = f"prompt:{member.id}"
+            samples = sample_and_score(model, tokenizer, val, member.text, k, settings, seed, label)
+            samples.insert(0, "weights", weights_name)
+            samples.insert(1, "prompt", prompt_name)
+            frames.append(samples)
+            value = samples["reward"].mean()
+            rows.append((weights_name, prompt_name, member.id, val[0].task, f"mean@{k}", value, len(val)))
+            log.info("decomposition %s weights x %s prompt: %.4f", weights_name, prompt_name, value)
+    table = pd.DataFrame(rows, columns=["weights", "prompt", "member_id", "task", "metric", "value", "n"])
+    return table, pd.concat(frames, ignore_index=True)

@@ -1,8 +1,9 @@
-"""Experiment summary: every run's evaluation table in one Parquet file, and the reward curves."""
+"""Experiment summary: every run's evaluation table in one Parquet file, with the compute spent."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -12,78 +13,62 @@ from fst.artifacts import read_json
 _RUN_PARTS = ("point", "arm", "seed")
 
 
-def _run(parts: tuple[str, str, str]) -> tuple[str, str, int]:
-    point, arm, seed = parts
-    return point, arm, int(seed.removeprefix("seed"))
+def counts_by_run(provenance_paths: list[Path]) -> dict[tuple, dict[int, Counter]]:
+    """{run: {round: summed counts}} from <point>/<arm>/seed<k>/round<c>/provenance/<stage>.json.
 
-
-def policy_rollouts_per_round(provenance_paths: list[Path]) -> dict[tuple, dict[int, int]]:
-    """Policy rollouts generated in each round of each run: RL rollouts plus GEPA metric calls.
-
-    Paths are <point>/<arm>/seed<k>/round<c>/provenance/<stage>.json of the fast and rollout stages.
+    The point may span several folders (one per swept key), so the run is read from the right.
     """
-    totals: dict[tuple, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    totals: dict[tuple, dict[int, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for path in map(Path, provenance_paths):
-        counts = read_json(path)["counts"]
         round_index = int(path.parts[-3].removeprefix("round"))
-        run = _run(path.parts[-6:-3])
-        totals[run][round_index] += counts.get("rollouts", 0) + counts.get("metric_calls", 0)
+        totals[run_of(path, 2)][round_index].update(read_json(path)["counts"])
     return totals
 
 
-def policy_rollouts_before(per_round: dict[int, int], k: int) -> int:
-    return sum(n for r, n in per_round.items() if r < k)
+def run_of(path: Path, depth: int) -> tuple[str, str, int]:
+    """(point, arm, seed) of a file `depth` folders below <point>/<arm>/seed<k>/."""
+    seed_dir = path.parents[depth]
+    arm_dir = seed_dir.parent
+    point_parts = []
+    for folder in arm_dir.parent.parts[::-1]:
+        if "~" not in folder:
+            break
+        point_parts.insert(0, folder)
+    point = "/".join(point_parts) or arm_dir.parent.name
+    return point, arm_dir.name, int(seed_dir.name.removeprefix("seed"))
 
 
-def collect(eval_paths: list[Path], provenance_paths: list[Path], steps_per_round: int) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Spent:
+    """What a run had spent before an evaluation point."""
+
+    rl_steps: int
+    policy_rollouts: int
+
+
+def spent_before(per_round: dict[int, Counter], k: int) -> Spent:
+    """RL optimiser steps and policy rollouts (RL rollouts + GEPA metric calls) in rounds < k."""
+    before = sum((counts for r, counts in per_round.items() if r < k), Counter())
+    return Spent(before["optimizer_steps"], before["rollouts"] + before["metric_calls"])
+
+
+def collect(eval_paths: list[Path], provenance_paths: list[Path]) -> pd.DataFrame:
     """One row per (run, after_rounds, task, setting, metric), with the step axes of the report.
 
-    rl_steps = optimiser steps taken (0 for arm gepa); policy_rollouts = every rollout the policy
-    generated for training, RL rollouts and GEPA metric calls alike (evaluation not included).
+    Both axes come from the stages' provenance counts: rl_steps = optimiser steps taken (0 for arm
+    gepa); policy_rollouts = every rollout the policy generated for training, RL rollouts and GEPA
+    metric calls alike (evaluation not included).
     """
-    rollouts = policy_rollouts_per_round(provenance_paths)
+    counts = counts_by_run(provenance_paths)
     frames = []
     for path in map(Path, eval_paths):
         frame = pd.read_parquet(path)
-        point, arm, seed = run = _run(path.parts[-6:-3])  # <point>/<arm>/seed<k>/eval/after<n>/eval.parquet
+        point, arm, seed = run = run_of(path, 2)  # <run>/eval/after<n>/eval.parquet
         frame["point"], frame["arm"], frame["seed"] = point, arm, seed
-        frame["rl_steps"] = frame["after_rounds"] * (0 if arm == "gepa" else steps_per_round)
-        frame["policy_rollouts"] = [policy_rollouts_before(rollouts[run], k) for k in frame["after_rounds"]]
+        spent = [spent_before(counts[run], k) for k in frame["after_rounds"]]
+        frame["rl_steps"] = [s.rl_steps for s in spent]
+        frame["policy_rollouts"] = [s.policy_rollouts for s in spent]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     first = [*_RUN_PARTS, "after_rounds", "rl_steps", "policy_rollouts"]
     return table[first + [c for c in table.columns if c not in first]]
-
-
-def plot_reward_curves(summary: pd.DataFrame, out: Path) -> None:
-    """Validation mean@k against RL steps and against all policy rollouts, per arm.
-
-    Thin lines: single seeds; thick line: the mean over seeds. The right panel is the honest x-axis:
-    GEPA's metric calls are policy rollouts too.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    val = summary[summary["metric"].str.startswith("mean@")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120, sharey=True)
-    for ax, x, label in zip(
-        axes, ("rl_steps", "policy_rollouts"), ("RL steps", "policy rollouts"), strict=True
-    ):
-        for (point, arm), runs in val.groupby(["point", "arm"]):
-            name = arm if point == "default" else f"{arm} ({point})"
-            mean = runs.groupby("after_rounds")[[x, "value"]].mean()
-            (line,) = ax.plot(mean[x], mean["value"], marker="o", linewidth=2, label=name)
-            for _, seed_run in runs.groupby("seed"):
-                seed_run = seed_run.sort_values("after_rounds")
-                ax.plot(seed_run[x], seed_run["value"], color=line.get_color(), alpha=0.3, linewidth=1)
-        ax.set_xlabel(label)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel(f"validation {val['metric'].iloc[0]} ({val['task'].iloc[0]})")
-    axes[0].set_ylim(bottom=0)
-    axes[0].legend(title="arm")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)

@@ -14,6 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from fst.report import FIGURES as REPORT_FIGURES
+
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 
@@ -108,7 +110,9 @@ def test_run_killed_mid_round_resumes_without_redoing_finished_rounds(tmp_path, 
     summary = pd.read_parquet(tmp_path / "results/tiny/summary.parquet")
     assert sorted(summary["after_rounds"].unique()) == [0, 1, 2]
     assert sorted(summary["rl_steps"].unique()) == [0, 2, 4]
-    assert (tmp_path / "results/tiny/reward_curve.png").stat().st_size > 0
+    report = tmp_path / "results/tiny/report"
+    assert "## Sample efficiency" in (report / "report.md").read_text()
+    assert all((report / f"figures/{name}.png").stat().st_size > 0 for name in REPORT_FIGURES)
     _assert_mirrored_to_mlflow(tmp_path, rounds=2)
 
 
@@ -122,7 +126,7 @@ def _assert_mirrored_to_mlflow(workdir: Path, rounds: int) -> None:
         assert status["ok"], status
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results/mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
-    (run,) = client.search_runs([experiment.experiment_id])
+    (run,) = client.search_runs([experiment.experiment_id], "tags.`fst.arm` = 'rl'")
     history = client.get_metric_history(run.info.run_id, "arithmetic/prompt:seed/mean_at_1")
     assert sorted(m.step for m in history) == list(range(rounds + 1))
     assert run.data.params["slow.steps_per_round"] == "2"
@@ -143,10 +147,11 @@ def test_malformed_data_row_is_reported_with_its_line(tmp_path, tiny_model_dir):
 def test_fst_and_gepa_arms_run_gepa_rounds_with_lineage_and_accounting(tmp_path, tiny_model_dir):
     config = tiny_config(
         tiny_model_dir,
-        arms=["fst", "gepa"],
+        arms=["fst", "rl", "gepa"],
         rounds=1,
         fast={"budget": 6, "population_size": 2, "anchors": 4, "pareto_problems": 2},
         reflection={"max_tokens": 16},
+        report={"post_hoc_gepa": True},
     )
     result = snakemake(tmp_path, config)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -166,3 +171,64 @@ def test_fst_and_gepa_arms_run_gepa_rounds_with_lineage_and_accounting(tmp_path,
     assert after.loc["gepa", "rl_steps"] == 0 and after.loc["fst", "rl_steps"] == 2
     fst_calls = json.loads((run / "fst/seed0/round0/fast_report.json").read_text())["stats"]["metric_calls"]
     assert after.loc["fst", "policy_rollouts"] == fst_calls + 8  # GEPA calls + the round's RL rollouts
+    _assert_reward_figure_matches_raw_files(tmp_path / "results/tiny", run)
+    cells = pd.read_parquet(run / "fst/seed0/eval/decomposition.parquet")
+    assert sorted(zip(cells["weights"], cells["prompt"], strict=True)) == [
+        ("base", "evolved"), ("base", "seed"), ("trained", "evolved"), ("trained", "seed")]
+    posthoc_report = json.loads((run / "rl/seed0/round1/fast_report.json").read_text())
+    posthoc_calls = posthoc_report["stats"]["metric_calls"]
+    assert posthoc_calls > 0  # GEPA ran on rl's final checkpoint
+    (posthoc,) = pd.read_parquet(tmp_path / "results/tiny/report/tables/posthoc.parquet").to_dict("records")
+    assert posthoc["rl→gepa_rollouts"] == posthoc["rl_rollouts"] + posthoc_calls
+
+
+def _assert_reward_figure_matches_raw_files(experiment: Path, runs: Path) -> None:
+    """The reward-vs-policy-rollouts figure, redrawn from the summary, against a count from raw files."""
+    from fst import figures, report
+
+    summary = pd.read_parquet(experiment / "summary.parquet")
+    tables = report.analyse(summary, pd.DataFrame(), min_fit_points=5)
+    fig = figures.reward_curves(summary, tables["curves"], tables["sample_efficiency"], "policy_rollouts",
+                                experiment / "check.png")
+    plotted = {line.get_label(): line for line in fig.axes[0].lines}
+    for arm in ("fst", "gepa"):
+        raw_x, raw_y = [0], []
+        for k in (0, 1):
+            samples = pd.read_parquet(runs / f"{arm}/seed0/eval/after{k}/samples.parquet")
+            raw_y.append(samples[samples["setting"].str.startswith("prompt:")]["reward"].mean())
+        round0 = runs / f"{arm}/seed0/round0"
+        trained = len(pd.read_parquet(round0 / "rollouts.parquet")) if arm == "fst" else 0
+        raw_x.append(trained + len(pd.read_parquet(round0 / "gepa_rollouts.parquet")))
+        assert list(plotted[arm].get_xdata()) == raw_x
+        assert list(plotted[arm].get_ydata()) == pytest.approx(raw_y)
+
+
+@pytest.mark.slow
+def test_sweep_grid_runs_every_point_with_an_mlflow_parent_each(tmp_path, tiny_model_dir):
+    sweep = {"slow.learning_rate": [0.001, 0.002], "rollout.temperature": [0.7, 1.0]}
+    result = snakemake(tmp_path, tiny_config(tiny_model_dir, rounds=1, sweep=sweep))
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "results/tiny"
+    points = sorted(str(p.parent.relative_to(experiment)) for p in experiment.glob("**/population_seed.json"))
+    assert points == [f"slow.learning_rate~{lr}/rollout.temperature~{t}"
+                      for lr in ("0.001", "0.002") for t in ("0.7", "1.0")]
+    trained = json.loads((experiment / points[3] / "rl/seed0/round0/provenance/slow.json").read_text())
+    assert trained["config"]["learning_rate"] == 0.002
+    summary = pd.read_parquet(experiment / "summary.parquet")
+    assert sorted(summary["point"].unique()) == points
+    curves = pd.read_parquet(experiment / "report/tables/curves.parquet")
+    assert len(curves) == 4 * 2  # 4 points x 2 evaluation points, arm rl
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results/mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = {r.info.run_id: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.info.run_name for r in parents.values()) == points
+    assert len(children) == 4
+    for child in children:
+        parent = parents[child.data.tags["mlflow.parentRunId"]]
+        assert child.data.tags["fst.point"] == parent.info.run_name
+        assert child.data.params["slow.learning_rate"] == parent.data.params["swept.slow.learning_rate"]
+    assert all(client.list_artifacts(run_id, "report") for run_id in parents)

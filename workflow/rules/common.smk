@@ -1,7 +1,11 @@
 # Config loading and validation (once, before any rule runs) and the path helpers every rule uses.
 import json
 
-from fst.config import ConfigError, problems_per_round, validate_config
+import re
+
+from fst.config import ConfigError, problems_per_round
+from fst.report import FIGURES as REPORT_FIGURES
+from fst.sweep import resolve_points, swept_values
 
 
 def _config_source():
@@ -10,13 +14,15 @@ def _config_source():
 
 
 try:
-    _resolved = validate_config(
+    # {sweep point: its resolved config}; one point "default" without a sweep.
+    POINT_CONFIG = resolve_points(
         config, workflow.source_path("../schemas/config.schema.yaml"), source=_config_source()
     )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
+POINTS = list(POINT_CONFIG)
 config.clear()
-config.update(_resolved)
+config.update(POINT_CONFIG[POINTS[0]])  # keys shared by all points (experiment, arms, seeds, rounds, ...)
 
 EXPERIMENT = config["experiment"]
 RESULTS = "results"
@@ -24,18 +30,27 @@ EXP_DIR = f"{RESULTS}/{EXPERIMENT}"
 RUN = f"{EXP_DIR}/{{point}}/{{arm}}/seed{{seed}}"
 ROUND = f"{RUN}/round{{round}}"
 AFTER = f"{RUN}/eval/after{{k}}"
-POINTS = ["default"]
+POSTHOC = f"{RUN}/posthoc_gepa/after{{k}}"
+REPORT_DIR = f"{EXP_DIR}/report"
+RUN_WILDCARDS = {"point": POINTS, "arm": config["arms"], "seed": config["seeds"]}
+EVAL_POINTS = range(config["rounds"] + 1)
+TRACKING_URI_OPTION = f"--uri {config['tracking']['uri']}" if config["tracking"]["uri"] else ""
 TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"]
 ENV = "../../envs/cpu.yaml"
 
 
 wildcard_constraints:
-    point=r"[A-Za-z0-9_.~=-]+",
+    point="|".join(re.escape(point) for point in POINTS),
     arm="|".join(config["arms"]),
     seed=r"\d+",
     round=r"\d+",
     k=r"\d+",
     task=r"[a-z_]+",
+
+
+def point_config(wildcards):
+    """The resolved config of the job's sweep point."""
+    return POINT_CONFIG[wildcards.point]
 
 
 def results_root(path):
@@ -63,9 +78,15 @@ def trains_weights(arm):
     return arm != "gepa"
 
 
-def gepa_round(arm, round_index):
-    """Whether round `round_index` of `arm` runs GEPA (else its fast stage passes Φ through)."""
-    return arm == "gepa" or (arm == "fst" and int(round_index) % config["fast"]["every"] == 0)
+def gepa_round(cfg, arm, round_index):
+    """Whether round `round_index` of `arm` runs GEPA (else its fast stage passes Φ through).
+
+    Arm rl's round `rounds` (one past its last) is the optional post-hoc GEPA round on its final
+    checkpoint (RL→GEPA): only its fast stage runs.
+    """
+    round_index = int(round_index)
+    post_hoc = arm == "rl" and round_index == config["rounds"] and cfg["report"]["post_hoc_gepa"]
+    return arm == "gepa" or post_hoc or (arm == "fst" and round_index % cfg["fast"]["every"] == 0)
 
 
 def policy_before(arm, round_index):
@@ -98,8 +119,8 @@ def slow_metrics_before(wildcards):
 
 
 def round_provenance(arm, k):
-    """Provenance of every stage that generated policy rollouts before evaluation point k."""
-    stages = ["fast", "rollout"] if trains_weights(arm) else ["fast"]
+    """Provenance of the stages that count policy rollouts and RL steps, in rounds before point k."""
+    stages = ["fast", "rollout", "slow"] if trains_weights(arm) else ["fast"]
     return [f"{round_dir(r)}/provenance/{stage}.json" for r in range(int(k)) for stage in stages]
 
 
@@ -108,7 +129,7 @@ def round_provenance_before(wildcards):
 
 
 def all_round_provenance():
-    """The fast and rollout provenance of every round of every run (for the summary's x-axes)."""
+    """The provenance of every round of every run that counts rollouts and steps (the x-axes)."""
     return [
         path
         for point in POINTS
@@ -118,52 +139,75 @@ def all_round_provenance():
     ]
 
 
+def posthoc_files(name):
+    """Arm rl's post-hoc GEPA evaluation ("eval") or GEPA round provenance ("provenance"), if asked for."""
+    if "rl" not in config["arms"] or not config["report"]["post_hoc_gepa"]:
+        return []
+    pattern = {"eval": f"{POSTHOC}/eval.parquet", "provenance": f"{ROUND}/provenance/fast.json"}[name]
+    return expand(pattern, point=POINTS, arm="rl", seed=config["seeds"], k=config["rounds"],
+                  round=config["rounds"])
+
+
+def decomposition_files():
+    """Arm fst's channel decomposition per run, when the report asks for it."""
+    if "fst" not in config["arms"] or not config["report"]["decomposition"]:
+        return []
+    return expand(f"{RUN}/eval/decomposition.parquet", point=POINTS, arm="fst", seed=config["seeds"])
+
+
 def previous_tracked(wildcards):
     """Mirror points of one run in order: MLflow calls for one run key must not overlap."""
     k = int(wildcards.k)
     return [f"{after_dir(k - 1)}/tracked.json"] if k else []
 
 
+def _sampling(cfg):
+    return {key: cfg["rollout"][key] for key in ("max_new_tokens", "temperature", "top_p", "batch_size")}
+
+
 def fast_settings(wildcards):
+    cfg = point_config(wildcards)
     return {
-        "gepa_round": gepa_round(wildcards.arm, wildcards.round),
-        "fast": config["fast"],
-        "reflection": config["reflection"],
-        "sampling": {k: config["rollout"][k] for k in ("max_new_tokens", "temperature", "top_p", "batch_size")},
-        "dtype": config["model"]["dtype"],
+        "gepa_round": gepa_round(cfg, wildcards.arm, wildcards.round),
+        "fast": cfg["fast"],
+        "reflection": cfg["reflection"],
+        "sampling": _sampling(cfg),
+        "dtype": cfg["model"]["dtype"],
     }
 
 
-def sampling_settings():
-    rollout = config["rollout"]
-    return {
-        key: rollout[key] for key in ("max_new_tokens", "temperature", "top_p", "batch_size")
-    } | {"dtype": config["model"]["dtype"]}
-
-
-def rollout_settings():
-    return sampling_settings() | {
-        "group_size": config["rollout"]["group_size"],
-        "problems": problems_per_round(config),
+def rollout_settings(wildcards):
+    cfg = point_config(wildcards)
+    return _sampling(cfg) | {
+        "dtype": cfg["model"]["dtype"],
+        "group_size": cfg["rollout"]["group_size"],
+        "problems": problems_per_round(cfg),
     }
 
 
 def slow_settings(wildcards):
-    return config["slow"] | {
-        "group_size": config["rollout"]["group_size"],
-        "max_completion_length": config["rollout"]["max_new_tokens"],
-        "temperature": config["rollout"]["temperature"],
-        "dtype": config["model"]["dtype"],
+    cfg = point_config(wildcards)
+    return cfg["slow"] | {
+        "group_size": cfg["rollout"]["group_size"],
+        "max_completion_length": cfg["rollout"]["max_new_tokens"],
+        "temperature": cfg["rollout"]["temperature"],
+        "dtype": cfg["model"]["dtype"],
         "seed": int(wildcards.seed),
     }
 
 
+def evaluate_settings(wildcards):
+    cfg = point_config(wildcards)
+    return _sampling(cfg) | {"dtype": cfg["model"]["dtype"]} | {
+        key: cfg["evaluation"][key] for key in ("k", "ood_problems")
+    }
+
+
+def point_params(wildcards):
+    """What MLflow records for a point: its swept values, and the resolved config of its runs."""
+    cfg = point_config(wildcards)
+    return {"swept": swept_values(cfg), "config": cfg}
+
+
 def final_outputs():
-    tracked = expand(
-        f"{AFTER}/tracked.json",
-        point=POINTS,
-        arm=config["arms"],
-        seed=config["seeds"],
-        k=range(config["rounds"] + 1),
-    )
-    return tracked + [f"{EXP_DIR}/summary.parquet", f"{EXP_DIR}/reward_curve.png"]
+    return [*rules.report.output, rules.sync_tracking.output[0]]

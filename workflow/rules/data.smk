@@ -25,7 +25,7 @@ rule seed_population:
     log:
         f"{EXP_DIR}/{{point}}/logs/population_seed.log",
     params:
-        prompt=config["prompts"]["seed"],
+        prompt=lambda w: point_config(w)["prompts"]["seed"],
         provenance=f"{EXP_DIR}/{{point}}/provenance/population_seed.json",
     message:
         "Writing the seed population (Φ_0)"

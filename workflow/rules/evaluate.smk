@@ -17,10 +17,7 @@ rule evaluate:
     benchmark:
         f"{AFTER}/benchmark.tsv"
     params:
-        settings=as_json(
-            sampling_settings()
-            | {k: config["evaluation"][k] for k in ("k", "ood_problems")}
-        ),
+        settings=lambda w: as_json(evaluate_settings(w)),
     message:
         "{wildcards.arm} seed {wildcards.seed}: evaluation after {wildcards.k} rounds"
     conda:
@@ -30,3 +27,51 @@ rule evaluate:
         "--base-model {input.base_model} --data {input.data} --ood {input.ood} "
         "--after-rounds {wildcards.k} --seed {wildcards.seed} --settings {params.settings:q} "
         "--out {output.eval} --samples {output.samples} --provenance {output.provenance} 2> {log}"
+
+
+use rule evaluate as evaluate_posthoc with:
+    input:
+        policy=policy_after,
+        population=lambda w: f"{round_dir(w.k)}/population.json",  # the post-hoc GEPA round's
+        base_model=f"{EXP_DIR}/base_model",
+        data=data_path(TRAIN_TASK),
+        ood=[data_path(task) for task in config["tasks"]["ood"]],
+    output:
+        eval=f"{POSTHOC}/eval.parquet",
+        samples=f"{POSTHOC}/samples.parquet",
+        provenance=f"{POSTHOC}/provenance.json",
+    log:
+        f"{POSTHOC}/evaluate.log",
+    benchmark:
+        f"{POSTHOC}/benchmark.tsv"
+    message:
+        "{wildcards.arm} seed {wildcards.seed}: evaluation of post-hoc GEPA on the final checkpoint"
+
+
+rule decompose:
+    input:
+        policy=f"{RUN}/round{config['rounds'] - 1}/policy",
+        population=f"{RUN}/round{config['rounds'] - 1}/population.json",
+        seed_population=f"{EXP_DIR}/{{point}}/population_seed.json",
+        base_model=f"{EXP_DIR}/base_model",
+        data=data_path(TRAIN_TASK),
+    output:
+        table=f"{RUN}/eval/decomposition.parquet",
+        samples=f"{RUN}/eval/decomposition_samples.parquet",
+        provenance=f"{RUN}/eval/provenance/decomposition.json",
+    log:
+        f"{RUN}/eval/decomposition.log",
+    benchmark:
+        f"{RUN}/eval/benchmarks/decomposition.tsv"
+    params:
+        settings=lambda w: as_json(evaluate_settings(w)),
+        after=config["rounds"],
+    message:
+        "{wildcards.arm} seed {wildcards.seed}: channel decomposition after {params.after} rounds"
+    conda:
+        ENV
+    shell:
+        "fst decompose --policy {input.policy} --base-model {input.base_model} "
+        "--population {input.population} --seed-population {input.seed_population} --data {input.data} "
+        "--after-rounds {params.after} --seed {wildcards.seed} --settings {params.settings:q} "
+        "--out {output.table} --samples {output.samples} --provenance {output.provenance} 2> {log}"

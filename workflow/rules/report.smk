@@ -1,9 +1,11 @@
-# MLflow mirror of each evaluation point, and the experiment summary.
+# MLflow mirror of each evaluation point, the experiment summary, the comparison report and the
+# final MLflow sync (backfill after an outage, report attached to every sweep point's parent run).
 
 
 rule track:
     input:
         eval=f"{AFTER}/eval.parquet",
+        population=population_after,
         slow_metrics=slow_metrics_before,
         round_provenance=round_provenance_before,
         previous=previous_tracked,
@@ -13,9 +15,8 @@ rule track:
         f"{AFTER}/track.log",
     params:
         slow=lambda w, input: f"--slow-metrics {input.slow_metrics}" if input.slow_metrics else "",
-        uri=f"--uri {config['tracking']['uri']}" if config["tracking"]["uri"] else "",
-        config=as_json(config),
-        steps=config["slow"]["steps_per_round"],
+        uri=TRACKING_URI_OPTION,
+        point=lambda w: as_json(point_params(w)),
         results=lambda w, output: results_root(output[0]),
         experiment=EXPERIMENT,
     message:
@@ -23,38 +24,78 @@ rule track:
     conda:
         ENV
     shell:
-        "fst track --eval {input.eval} {params.slow} --round-provenance {input.round_provenance} "
-        "--results-dir {params.results} --experiment {params.experiment} --point {wildcards.point} "
-        "--arm {wildcards.arm} --seed {wildcards.seed} --after-rounds {wildcards.k} "
-        "--steps-per-round {params.steps} --params {params.config:q} {params.uri} "
+        "fst track --eval {input.eval} --population {input.population} {params.slow} "
+        "--round-provenance {input.round_provenance} --results-dir {params.results} "
+        "--experiment {params.experiment} --point {wildcards.point:q} --arm {wildcards.arm} "
+        "--seed {wildcards.seed} --after-rounds {wildcards.k} --params {params.point:q} {params.uri} "
         "--out {output} 2> {log}"
 
 
 rule summary:
     input:
-        evals=expand(
-            f"{AFTER}/eval.parquet",
-            point=POINTS,
-            arm=config["arms"],
-            seed=config["seeds"],
-            k=range(config["rounds"] + 1),
-        ),
+        evals=expand(f"{AFTER}/eval.parquet", **RUN_WILDCARDS, k=EVAL_POINTS),
         round_provenance=all_round_provenance(),
     output:
-        table=f"{EXP_DIR}/summary.parquet",
-        plot=report(
-            f"{EXP_DIR}/reward_curve.png",
-            caption="../report/reward_curve.rst",
-            category="Curves",
-        ),
+        f"{EXP_DIR}/summary.parquet",
     log:
         f"{EXP_DIR}/logs/summary.log",
-    params:
-        steps=config["slow"]["steps_per_round"],
     message:
         "Summarising {EXPERIMENT}"
     conda:
         ENV
     shell:
         "fst summarize --evals {input.evals} --round-provenance {input.round_provenance} "
-        "--steps-per-round {params.steps} --out {output.table} --plot {output.plot} 2> {log}"
+        "--out {output} 2> {log}"
+
+
+rule report:
+    input:
+        summary=f"{EXP_DIR}/summary.parquet",
+        decomposition=decomposition_files(),
+        posthoc_evals=posthoc_files("eval"),
+        posthoc_provenance=posthoc_files("provenance"),
+    output:
+        tables=directory(f"{REPORT_DIR}/tables"),
+        markdown=report(
+            f"{REPORT_DIR}/report.md", caption="../report/markdown.rst", category="Summary"
+        ),
+        figures=[
+            report(f"{REPORT_DIR}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
+            for name in REPORT_FIGURES
+        ],
+    log:
+        f"{EXP_DIR}/logs/report.log",
+    params:
+        min_fit_points=config["report"]["min_fit_points"],
+        experiment=EXPERIMENT,
+    message:
+        "Comparison report of {params.experiment}"
+    conda:
+        ENV
+    shell:
+        "fst report --experiment {params.experiment} --summary {input.summary} "
+        "--decomposition {input.decomposition} --posthoc-evals {input.posthoc_evals} "
+        "--posthoc-provenance {input.posthoc_provenance} --min-fit-points {params.min_fit_points} "
+        "--tables {output.tables} --figures {output.figures} --markdown {output.markdown} 2> {log}"
+
+
+rule sync_tracking:
+    input:
+        tracked=expand(f"{AFTER}/tracked.json", **RUN_WILDCARDS, k=EVAL_POINTS),
+        report=rules.report.output.markdown,
+        figures=rules.report.output.figures,
+    output:
+        f"{EXP_DIR}/tracking_sync.json",
+    log:
+        f"{EXP_DIR}/logs/tracking_sync.log",
+    params:
+        uri=TRACKING_URI_OPTION,
+        results=lambda w, output: results_root(output[0]),
+        experiment=EXPERIMENT,
+    message:
+        "MLflow: backfilling missed points and attaching the report"
+    conda:
+        ENV
+    shell:
+        "fst sync-tracking --tracked {input.tracked} --files {input.report} {input.figures} "
+        "--results-dir {params.results} --experiment {params.experiment} {params.uri} --out {output} 2> {log}"

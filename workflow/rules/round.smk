@@ -45,7 +45,7 @@ rule rollout:
     benchmark:
         f"{ROUND}/benchmarks/rollout.tsv"
     params:
-        settings=as_json(rollout_settings()),
+        settings=lambda w: as_json(rollout_settings(w)),
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: rollouts"
     conda:
