@@ -18,8 +18,9 @@ $(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-run: $(VENV)/.installed  ## the embedded default experiment
+run: $(VENV)/.installed  ## the embedded default experiment, then its self-contained HTML report
 	snakemake --cores $(CORES)
+	snakemake --report results/default/report.html
 
 test: $(VENV)/.installed  ## the whole test suite (unit, stage and whole-workflow on CPU)
 	pytest -q
