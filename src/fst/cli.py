@@ -311,6 +311,7 @@ def _quick_tracking_failure() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def cmd_track(args) -> None:
@@ -357,24 +358,28 @@ def cmd_sync_tracking(args) -> None:
 
     _quick_tracking_failure()
     uri = resolve_tracking_uri(args.uri, Path(args.results_dir))
-    backfilled, failed, points = [], [], {}
+    backfilled, pending, failed, points = [], [], [], {}
     for path in args.tracked:
         record = artifacts.read_json(path)
         points[record["payload"]["parent_key"]["point"]] = record["payload"]["parent_key"]
         if record.get("ok") and record.get("uri") == uri:
             continue
+        if failed:  # one failure is enough to know the server is down: don't wait on every point
+            pending.append(str(path))
+            continue
         status = mirror_round(uri, **record["payload"])
         (backfilled if status.get("ok") else failed).append({"tracked": str(path), **status})
-    attached = [
-        attach_files(uri, args.experiment, key, [Path(f) for f in args.files], "report")
-        for key in points.values()
-    ]
-    failed += [status for status in attached if not status.get("ok")]
+    attached = []
+    for key in points.values() if not failed else []:
+        attached.append(attach_files(uri, args.experiment, key, [Path(f) for f in args.files], "report"))
+        if not attached[-1].get("ok"):
+            failed.append(attached[-1])
+            break
     if failed:
-        log.warning("MLflow still unreachable for %d calls; rerun this stage (snakemake --forcerun "
-                    "sync_tracking) once it is back. First error: %s", len(failed), failed[0].get("error"))
+        log.warning("MLflow unreachable (%s); %d points still to send. Rerun this stage once it is back: "
+                    "snakemake --forcerun sync_tracking", failed[0].get("error"), len(pending) + 1)
     artifacts.write_json({"uri": uri, "ok": not failed, "backfilled": backfilled, "failed": failed,
-                          "report_attached": attached}, args.out)
+                          "pending": pending, "report_attached": attached}, args.out)
 
 
 def cmd_summarize(args) -> None:

@@ -61,6 +61,8 @@ def test_dry_run_lists_rounds_times_seeds(tmp_path, tiny_model_dir):
         ({"slow": {"batch_sze": 4}}, "slow.batch_sze"),
         ({"slow": {"batch_size": 3}}, "rollout.group_size"),
         ({"tasks": {"data_file": "missing.jsonl"}}, "missing.jsonl"),
+        ({"sweep": {"slow.lr": [0.1, 0.2]}}, "sweep key 'slow.lr' is not a config key"),
+        ({"sweep": {"slow.learning_rate": []}}, "empty list"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(tmp_path, tiny_model_dir, change, message):
