@@ -1,6 +1,5 @@
 # Config loading and validation (once, before any rule runs) and the path helpers every rule uses.
 import json
-
 import re
 
 from fst.config import ConfigError, problems_per_round
