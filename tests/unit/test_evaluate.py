@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fst.evaluate import evaluate, sample_and_score, token_kl
+from fst.evaluate import channel_decomposition, evaluate, sample_and_score, token_kl
 from fst.generation import SamplingSettings, chat_prompt_ids
 from fst.population import Member
 from fst.tasks.splits import make_splits
@@ -154,3 +154,29 @@ def test_ood_evaluation_is_greedy(tiny, problems):
     assert list(first[ood_rows]["completion_ids"].map(tuple)) == list(
         second[second["setting"] == "none"]["completion_ids"].map(tuple)
     )
+
+
+def test_channel_decomposition_cells_share_one_sampling_seed(tiny, other, problems):
+    model, tokenizer = tiny
+    seed_member = Member("seed", "Answer the question.", None, 1.0, None, 0)
+    table, samples = channel_decomposition(
+        {"base": model, "trained": other},
+        tokenizer,
+        problems[0],
+        {"seed": seed_member, "evolved": MEMBER},
+        2,
+        SETTINGS,
+        seed=5,
+    )
+    assert list(zip(table["weights"], table["prompt"], strict=True)) == [
+        ("base", "seed"),
+        ("base", "evolved"),
+        ("trained", "seed"),
+        ("trained", "evolved"),
+    ]
+    assert (table["n"] == len(problems[0])).all() and (table["metric"] == "mean@2").all()
+    # each cell equals a separate evaluation of that weights/prompt pair with the same seed
+    alone = sample_and_score(other, tokenizer, problems[0], MEMBER.text, 2, SETTINGS, 5, "prompt:m1")
+    cell = samples[(samples["weights"] == "trained") & (samples["prompt"] == "evolved")]
+    assert list(cell["completion_text"]) == list(alone["completion_text"])
+    assert table["value"].iloc[3] == pytest.approx(alone["reward"].mean())
