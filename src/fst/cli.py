@@ -120,8 +120,10 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed)
     settings = FastSettings(fast["budget"], fast["population_size"], fast["reflection_minibatch_size"], seed)
     with prov.timed("gepa"):
+        # A retried round resumes its GEPA state only if weights, reflection and sampling are unchanged.
+        identity = json.dumps([prov.record["inputs"]["policy"]["sha256"], cfg["reflection"], cfg["sampling"]])
         population, stats = run_fast_round(
-            adapter, reflection, members, anchors, pareto, Path(args.gepa_dir), args.round, settings
+            adapter, reflection, members, anchors, pareto, Path(args.gepa_dir), args.round, settings, identity
         )
     usage = lm.usage.as_dict()
     if reflection.unavailable:

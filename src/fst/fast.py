@@ -10,7 +10,9 @@ acceptance, the per-instance Pareto front. What FST needs and GEPA does not prov
   of Φ_c on the Pareto set under θ_c and writes them as a new GEPA state (member 0 as GEPA's seed,
   the others as candidates), then lets GEPA continue from that state. Those re-scoring calls are metric
   calls and are counted. Within a round, a killed and retried stage resumes GEPA's own state (its run
-  folder lives outside the round's outputs) without re-scoring the seed;
+  folder lives outside the round's outputs) without re-scoring the seed, but only if the round is set
+  up as before (a key over settings, population, problem sets and weights): a rerun after a config
+  change starts afresh instead of resuming a finished, stale search;
 - the new population: the top-K of GEPA's Pareto front, with lineage mapped to member ids;
 - rejecting (and counting) reflection replies that hold no usable prompt.
 
@@ -20,11 +22,13 @@ gepa is pinned (0.1.4) and the tests cover the round trip.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -220,6 +224,19 @@ class FastSettings:
     seed: int = 0
 
 
+def round_key(identity: str, settings: FastSettings, members, anchors, pareto) -> str:
+    """What a resumable GEPA state must match: the caller's identity (weights, reflection, sampling),
+    the round's settings, the population it starts from and its problem sets."""
+    spec = {
+        "identity": identity,
+        "settings": asdict(settings),
+        "members": [asdict(m) for m in members],
+        "anchors": [p.id for p in anchors],
+        "pareto": [p.id for p in pareto],
+    }
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
 def run_fast_round(
     adapter: PolicyAdapter,
     reflection: GuardedReflection,
@@ -229,22 +246,32 @@ def run_fast_round(
     run_dir: Path,
     round_index: int,
     settings: FastSettings,
+    identity: str = "",
 ) -> tuple[list[Member], dict]:
-    """Φ_c -> Φ_{c+1}. Returns the new population and the round's GEPA accounting."""
+    """Φ_c -> Φ_{c+1}. Returns the new population and the round's GEPA accounting.
+
+    `identity` names what the caller knows defines the round beyond the arguments (e.g. the policy's
+    content hash): a GEPA state in `run_dir` is resumed only if it was made for the same round.
+    """
     import gepa
     from gepa.core.state import GEPAState
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "gepa.stop").unlink(missing_ok=True)  # a leftover stop file would end every later run
+    key = round_key(identity, settings, members, anchors, pareto)
     budget_file = run_dir / _BUDGET_FILE
-    if (run_dir / "gepa_state.bin").exists() and budget_file.exists():
-        budget = json.loads(budget_file.read_text())
+    budget = json.loads(budget_file.read_text()) if budget_file.exists() else {}
+    if (run_dir / "gepa_state.bin").exists() and budget.get("round_key") == key:
         log.info("resuming this round's GEPA state in %s", run_dir)
     else:
+        if (run_dir / "gepa_state.bin").exists():
+            log.warning("GEPA state in %s was made for another set-up of this round (settings, population, "
+                        "problems or weights changed): starting the round afresh", run_dir)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
         state = start_state(adapter, members, pareto, run_dir)
-        budget = {"rescoring_calls": state.total_num_evals}
+        budget = {"rescoring_calls": state.total_num_evals, "round_key": key}
         budget["max_metric_calls"] = state.total_num_evals + settings.budget
         budget_file.write_text(json.dumps(budget))
+    (run_dir / "gepa.stop").unlink(missing_ok=True)  # a leftover stop file would end every later run
     result = gepa.optimize(
         seed_candidate={COMPONENT: members[0].text},
         trainset=anchors,

@@ -207,6 +207,18 @@ def test_gepa_state_resumes_across_processes_and_is_rescored_under_new_weights(
     assert again.records == [] and stats_again["metric_calls"] == stats["metric_calls"]
     assert population_again == population
 
+    # Rerun after a config change (a larger budget): the stale state is not resumed, the round restarts.
+    bigger = replace(fast, budget=BUDGET + 2)
+    fresh = PolicyAdapter(model, tokenizer, SamplingSettings(**SAMPLING), 11)
+    _, stats_fresh = run_fast_round(
+        fresh, GuardedReflection(lambda prompt: _proposal(0)), MEMBERS, anchors, pareto, run_dir, 0, bigger
+    )
+    assert "made for another set-up of this round" in caplog.text
+    assert [(r["system_text"], r["problem_id"]) for r in fresh.records[:rescoring]] == [
+        (m.text, p.id) for m in MEMBERS for p in pareto
+    ]  # started afresh: Φ re-scored first
+    assert stats_fresh["max_metric_calls"] == rescoring + BUDGET + 2
+
     # Round 1: new weights, new run_dir. The K members are re-scored under θ_1, first thing.
     new_model = _perturbed(tiny_model_dir)
     anchors1, pareto1 = _sets(data_file, 1)
