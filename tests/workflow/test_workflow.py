@@ -211,9 +211,11 @@ def test_sweep_grid_runs_every_point_with_an_mlflow_parent_each(tmp_path, tiny_m
     result = snakemake(tmp_path, tiny_config(tiny_model_dir, rounds=1, sweep=sweep))
     assert result.returncode == 0, result.stderr[-3000:]
     experiment = tmp_path / "results/tiny"
-    points = sorted(str(p.parent.relative_to(experiment)) for p in experiment.glob("**/population_seed.json"))
-    assert points == [f"slow.learning_rate~{lr}/rollout.temperature~{t}"
-                      for lr in ("0.001", "0.002") for t in ("0.7", "1.0")]
+    seeds = experiment.glob("*/*/population_seed.json")
+    points = sorted(str(p.parent.relative_to(experiment)) for p in seeds)
+    # one folder per swept key, in the config's key order (the test's YAML writer sorts keys)
+    assert points == [f"rollout.temperature~{t}/slow.learning_rate~{lr}"
+                      for t in ("0.7", "1.0") for lr in ("0.001", "0.002")]
     trained = json.loads((experiment / points[3] / "rl/seed0/round0/provenance/slow.json").read_text())
     assert trained["config"]["learning_rate"] == 0.002
     summary = pd.read_parquet(experiment / "summary.parquet")
