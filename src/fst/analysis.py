@@ -234,12 +234,26 @@ def reward_and_kl(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     return means.rename(columns={metric: "reward"})
 
 
+def kl_at_reward(rewards, kls, level: float) -> tuple[int, float]:
+    """Index of the first evaluation point at or above `level`, and the KL where the path crosses it.
+
+    Between the last point below the level and the first at or above it, KL is interpolated linearly
+    in reward: an arm that overshoots the level in one round is not charged the KL of the overshoot.
+    """
+    reached = int(np.argmax(np.asarray(rewards) >= level - _TOLERANCE))
+    if reached == 0 or rewards[reached] <= level + _TOLERANCE:
+        return reached, float(kls[reached])
+    r0, r1, k0, k1 = rewards[reached - 1], rewards[reached], kls[reached - 1], kls[reached]
+    return reached, float(k0 + (k1 - k0) * (level - r0) / (r1 - r0))
+
+
 def drift_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     """KL to the base model at matched validation reward, per point and arm (means over seeds).
 
     The matched level is the highest reward that every weight-training arm reaches after training
-    (the lowest of their peaks over rounds >= 1); each arm's KL is taken at its first evaluation
-    point at or above it. kl_reduction_vs_rl = 1 − KL_arm / KL_rl (0.7 = 70% less drift).
+    (the lowest of their peaks over rounds >= 1); each arm's KL is taken where its path of evaluation
+    points first crosses that level (kl_at_reward).
+    kl_reduction_vs_rl = 1 − KL_arm / KL_rl (0.7 = 70% less drift).
     """
     records = []
     for point, rows in reward_and_kl(summary, metric).groupby("point", sort=True):
@@ -248,16 +262,18 @@ def drift_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
             continue
         level = float(trained.groupby("arm")["reward"].max().min())
         point_records = []
-        for arm, arm_rows in trained.groupby("arm", sort=True):
-            hit = arm_rows[arm_rows["reward"] >= level - _TOLERANCE].iloc[0]
+        for arm in sorted(trained["arm"].unique()):
+            path = rows[rows["arm"] == arm].sort_values("after_rounds")
+            rewards, kls = path["reward"].to_numpy(), path["kl_to_base"].to_numpy()
+            reached, kl = kl_at_reward(rewards, kls, level)
             point_records.append(
                 {
                     "point": point,
                     "arm": arm,
                     "matched_reward": level,
-                    "after_rounds": int(hit["after_rounds"]),
-                    "kl_to_base": float(hit["kl_to_base"]),
-                    "final_kl_to_base": float(arm_rows["kl_to_base"].iloc[-1]),
+                    "after_rounds": int(path["after_rounds"].iloc[reached]),
+                    "kl_to_base": kl,
+                    "final_kl_to_base": float(path["kl_to_base"].iloc[-1]),
                 }
             )
         reference = {r["arm"]: r["kl_to_base"] for r in point_records}.get(REFERENCE_ARM)

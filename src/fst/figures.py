@@ -67,7 +67,7 @@ def reward_curves(
     summary: pd.DataFrame, curves: pd.DataFrame, efficiency: pd.DataFrame, axis: str, out: Path
 ):
     """Validation reward against `axis`, with RL's peak (the sample-efficiency target) dashed and
-    each arm's first point at that target ringed."""
+    each arm's first evaluation point at or above that target ringed."""
     metric = curves["metric"].iloc[0]
     points = sorted(curves["point"].unique())
     fig, panels = _panels(points)
@@ -88,10 +88,11 @@ def reward_curves(
             ax.axhline(
                 mean_rows["target"].iloc[0], color="grey", linestyle="--", linewidth=1, label="rl peak"
             )
+            arm_curves = curves[curves["point"] == point].set_index(["arm", "after_rounds"])["mean"]
             for row in mean_rows[mean_rows["reached"]].itertuples():
                 ax.plot(
                     getattr(row, axis),
-                    row.target,
+                    arm_curves[(row.arm, row.after_rounds)],
                     marker="o",
                     markersize=11,
                     fillstyle="none",

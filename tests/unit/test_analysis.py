@@ -173,11 +173,21 @@ def test_swept_k_becomes_one_validation_metric():
 
 
 def test_posthoc_gepa_compared_with_final_rl_and_fst():
-    summary = pd.concat([
-        _summary(_curve("rl", [0.1, 0.3, 0.4])),
-        _summary(_curve("fst", [0.1, 0.4, 0.5], gepa_calls=20)),
-    ])
+    summary = pd.concat(
+        [
+            _summary(_curve("rl", [0.1, 0.3, 0.4])),
+            _summary(_curve("fst", [0.1, 0.4, 0.5], gepa_calls=20)),
+        ]
+    )
     posthoc = pd.DataFrame({"point": ["default"], "seed": [0], "value": [0.45], "gepa_calls": [30]})
     (row,) = analysis.posthoc_table(summary, "mean@2", posthoc).to_dict("records")
     assert (row["rl"], row["rl→gepa"], row["fst"]) == pytest.approx((0.4, 0.45, 0.5))
     assert row["rl_rollouts"] == 200 and row["rl→gepa_rollouts"] == 230 and row["fst_rollouts"] == 240
+
+
+def test_kl_at_matched_reward_is_interpolated_where_the_path_crosses_the_level():
+    # rewards 0.1 -> 0.3 -> 0.7 with KL 0 -> 0.01 -> 0.05: the level 0.5 is crossed halfway to round 2
+    reached, kl = analysis.kl_at_reward([0.1, 0.3, 0.7], [0.0, 0.01, 0.05], 0.5)
+    assert reached == 2 and kl == pytest.approx(0.03)
+    assert analysis.kl_at_reward([0.1, 0.5, 0.7], [0.0, 0.01, 0.05], 0.5) == (1, pytest.approx(0.01))
+    assert analysis.kl_at_reward([0.6, 0.5], [0.0, 0.01], 0.5) == (0, 0.0)
