@@ -181,7 +181,7 @@ def decomposition_bars(cells: pd.DataFrame, table: pd.DataFrame, out: Path):
         )
         return _save(fig, out)
     points = sorted(table["point"].unique())
-    fig, panels = _panels(points, sharey=True)
+    fig, panels = _panels(points, width=5.6, sharey=True)
     order = [("base", "seed"), ("base", "evolved"), ("trained", "seed"), ("trained", "evolved")]
     colours = ["lightgrey", "tab:green", "tab:orange", "tab:blue"]
     for point, ax in panels.items():
