@@ -27,6 +27,7 @@ AFTER = f"{RUN}/eval/after{{k}}"
 POINTS = ["default"]
 TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"]
 ENV = "../../envs/cpu.yaml"
+GPU_ENV = "../../envs/gpu.yaml"  # the rules that ask for a GPU in profiles/default/
 
 
 wildcard_constraints:
