@@ -24,7 +24,7 @@ import pandas as pd
 _CACHED_HASH_FILES = {"fst_model.json": "weights_sha256", "fst_policy.json": "weights_sha256"}
 _TRACKED_PACKAGES = ("fst-workflow", "torch", "transformers", "trl", "peft", "gepa", "vllm", "mlflow")
 # Where a stage ran: the scheduler's job and the devices it was given (absent when not set).
-_JOB_VARIABLES = ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES")
+_JOB_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES")
 
 
 @contextmanager

@@ -157,7 +157,7 @@ def test_provenance_records_inputs_outputs_counts_timings_versions(tmp_path):
 
 
 def test_provenance_records_the_scheduler_job_and_visible_devices(monkeypatch):
-    for name in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT", "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES"):
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES"):
         monkeypatch.delenv(name, raising=False)
     assert Provenance("score", {}, {}).record["job"] == {}
     monkeypatch.setenv("SLURM_JOB_ID", "42")
