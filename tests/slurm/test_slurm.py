@@ -44,7 +44,8 @@ def _slurm_unreachable() -> str | None:
     return None
 
 
-needs_slurm = pytest.mark.skipif(bool(_slurm_unreachable()), reason=str(_slurm_unreachable()))
+_UNREACHABLE = _slurm_unreachable()
+needs_slurm = pytest.mark.skipif(_UNREACHABLE is not None, reason=str(_UNREACHABLE))
 
 
 def tiny_config(model_dir: Path, **overrides) -> dict:
