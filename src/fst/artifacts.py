@@ -23,6 +23,8 @@ import pandas as pd
 # hundreds of megabytes in every stage that reads the model.
 _CACHED_HASH_FILES = {"fst_model.json": "weights_sha256", "fst_policy.json": "weights_sha256"}
 _TRACKED_PACKAGES = ("fst-workflow", "torch", "transformers", "trl", "peft", "gepa", "vllm", "mlflow")
+# Where a stage ran: the scheduler's job and the devices it was given (absent when not set).
+_JOB_VARIABLES = ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES")
 
 
 @contextmanager
@@ -101,6 +103,11 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def job_environment() -> dict[str, str]:
+    """The scheduler job and visible devices of this process, from its environment."""
+    return {name: os.environ[name] for name in _JOB_VARIABLES if name in os.environ}
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(
@@ -127,6 +134,7 @@ class Provenance:
             "versions": package_versions(),
             "git_commit": git_commit(),
             "host": socket.gethostname(),
+            "job": job_environment(),
             "started": time.time(),
             "counts": {},
             "timings_s": {},

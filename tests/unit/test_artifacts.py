@@ -156,6 +156,15 @@ def test_provenance_records_inputs_outputs_counts_timings_versions(tmp_path):
     assert "git_commit" in record and record["host"]
 
 
+def test_provenance_records_the_scheduler_job_and_visible_devices(monkeypatch):
+    for name in ("SLURM_JOB_ID", "SLURM_JOB_PARTITION", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(name, raising=False)
+    assert Provenance("score", {}, {}).record["job"] == {}
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert Provenance("rollout", {}, {}).record["job"] == {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "0"}
+
+
 def test_timed_records_even_when_the_block_raises():
     prov = Provenance("x", {}, {})
     with pytest.raises(KeyError), prov.timed("step"):

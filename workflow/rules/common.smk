@@ -36,6 +36,7 @@ EVAL_POINTS = range(config["rounds"] + 1)
 TRACKING_URI_OPTION = f"--uri {config['tracking']['uri']}" if config["tracking"]["uri"] else ""
 TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"]
 ENV = "../../envs/cpu.yaml"
+GPU_ENV = "../../envs/gpu.yaml"  # the rules that ask for a GPU in profiles/default/
 
 
 wildcard_constraints:

@@ -21,7 +21,7 @@ rule evaluate:
     message:
         "{wildcards.arm} seed {wildcards.seed}: evaluation after {wildcards.k} rounds"
     conda:
-        ENV
+        GPU_ENV
     shell:
         "fst evaluate --policy {input.policy} --population {input.population} "
         "--base-model {input.base_model} --data {input.data} --ood {input.ood} "

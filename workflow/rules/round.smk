@@ -23,7 +23,7 @@ rule fast:
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: fast weights (GEPA)"
     conda:
-        ENV
+        GPU_ENV
     shell:
         "fst fast --arm {wildcards.arm} --round {wildcards.round} --seed {wildcards.seed} "
         "--population-in {input.population} --policy {input.policy} --base-model {input.base_model} "
@@ -49,7 +49,7 @@ rule rollout:
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: rollouts"
     conda:
-        ENV
+        GPU_ENV
     shell:
         "fst rollout --policy {input.policy} --population {input.population} --data {input.data} "
         "--round {wildcards.round} --seed {wildcards.seed} --settings {params.settings:q} "
@@ -95,7 +95,7 @@ rule slow:
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: slow weights (CISPO)"
     conda:
-        ENV
+        GPU_ENV
     shell:
         "fst slow --scored {input.scored} --policy-in {input.policy} --base-model {input.base_model} "
         "--state-dir {params.state_dir} --round {wildcards.round} --settings {params.settings:q} "
