@@ -27,8 +27,8 @@ from loopback import Endpoint
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 SLURM_PROFILE = ["--profile", str(REPO / "slurm")]
-GPU_RULES = {"fast", "rollout", "slow", "evaluate"}
-CPU_RULES = {"tasks", "base_model", "seed_population", "score", "track", "summary"}
+GPU_RULES = {"fast", "rollout", "slow", "evaluate", "decompose"}
+CPU_RULES = {"tasks", "base_model", "seed_population", "score", "track", "summary", "report", "sync_tracking"}
 PROPOSAL = "Here is the new instruction:\n```\nAdd the numbers, then end with the final number.\n```"
 
 
@@ -176,7 +176,7 @@ def test_tiny_experiment_runs_through_slurm_and_a_preempted_stage_resumes(tmp_pa
     for job in jobs:
         by_rule.setdefault(rule_of(job), []).append(job)
     assert set(by_rule) == GPU_RULES | CPU_RULES, sorted(by_rule)
-    assert len(jobs) == 14  # 3 task families, 2 evaluations and trackings, one of every other rule
+    assert len(jobs) == 17  # 3 task families, 2 evaluations and trackings, one of every other rule
     assert {job["JobState"] for job in jobs} == {"COMPLETED"}
     for job in jobs:
         asks_gpu = "gpu" in job.get("TresPerJob", "")
@@ -194,6 +194,7 @@ def test_tiny_experiment_runs_through_slurm_and_a_preempted_stage_resumes(tmp_pa
         "score": run_dir / "round0/provenance/score.json",
         "slow": run_dir / "round0/provenance/slow.json",
         "evaluate": run_dir / "eval/after1/provenance.json",
+        "decompose": run_dir / "eval/provenance/decomposition.json",
     }
     for rule, path in seen.items():
         job = json.loads(path.read_text())["job"]

@@ -69,7 +69,7 @@ rule decompose:
     message:
         "{wildcards.arm} seed {wildcards.seed}: channel decomposition after {params.after} rounds"
     conda:
-        ENV
+        GPU_ENV
     shell:
         "fst decompose --policy {input.policy} --base-model {input.base_model} "
         "--population {input.population} --seed-population {input.seed_population} --data {input.data} "
