@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 from loopback import Endpoint
+from tiny_experiment import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -48,21 +49,15 @@ _UNREACHABLE = _slurm_unreachable()
 needs_slurm = pytest.mark.skipif(_UNREACHABLE is not None, reason=str(_UNREACHABLE))
 
 
-def tiny_config(model_dir: Path, **overrides) -> dict:
-    config = {
-        "experiment": "tiny",
+def slurm_config(model_dir: Path, **overrides) -> dict:
+    """The tiny experiment as arm fst for one round, with a small GEPA budget."""
+    fst = {
         "arms": ["fst"],
-        "seeds": [0],
         "rounds": 1,
-        "model": {"source": str(model_dir)},
-        "tasks": {"sizes": {"train": 8, "val": 4, "test": 4}},
-        "rollout": {"group_size": 2, "max_new_tokens": 8, "batch_size": 8},
-        "slow": {"steps_per_round": 2, "batch_size": 4, "warmup_steps": 0, "lora": {"r": 4}},
-        "evaluation": {"k": 1, "ood_problems": 2},
         "fast": {"budget": 4, "population_size": 2, "anchors": 4, "pareto_problems": 2},
         "reflection": {"max_tokens": 16},
     }
-    return config | overrides
+    return tiny_config(model_dir, **(fst | overrides))
 
 
 def _env() -> dict[str, str]:
@@ -148,7 +143,7 @@ def test_tiny_experiment_runs_through_slurm_and_a_preempted_stage_resumes(tmp_pa
     released = threading.Event()
     server = Endpoint(reply=lambda n: (released.wait(120), PROPOSAL)[1])
     reflection = {"backend": "openai", "base_url": server.base_url, "model": "loopback", "api_key_env": None}
-    config = tiny_config(tiny_model_dir, reflection={"max_tokens": 16, **reflection})
+    config = slurm_config(tiny_model_dir, reflection={"max_tokens": 16, **reflection})
     run_dir = tmp_path / "results/tiny/default/fst/seed0"
     started = time.time()
     process = start(tmp_path, config)
@@ -220,7 +215,7 @@ def test_a_failing_job_is_retried_with_more_memory_then_fails_the_run(tmp_path):
     broken = tmp_path / "broken-model"
     broken.mkdir()
     (broken / "config.json").write_text("{ not json")
-    config = tiny_config(broken)
+    config = slurm_config(broken)
     started = time.time()
     code, out = finish(start(tmp_path, config, "results/tiny/base_model"), tmp_path, timeout=300)
     assert code != 0
@@ -235,7 +230,7 @@ def test_a_failing_job_is_retried_with_more_memory_then_fails_the_run(tmp_path):
 
 @needs_slurm
 def test_a_request_the_cluster_cannot_satisfy_fails_at_submission(tmp_path, tiny_model_dir):
-    config = tiny_config(tiny_model_dir)
+    config = slurm_config(tiny_model_dir)
     started = time.time()
     target = "results/tiny/data/arithmetic.parquet"
     process = start(tmp_path, config, target, "--set-resources", "tasks:gpu=64")
@@ -253,7 +248,7 @@ def test_a_request_the_cluster_cannot_satisfy_fails_at_submission(tmp_path, tiny
 
 
 def test_round_groups_put_each_rounds_stages_in_one_job(tmp_path, tiny_model_dir):
-    config = tiny_config(tiny_model_dir, arms=["fst", "rl"], rounds=2)
+    config = slurm_config(tiny_model_dir, arms=["fst", "rl"], rounds=2)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = subprocess.run(
         [*SNAKEMAKE, *SLURM_PROFILE, "--profile", str(REPO / "slurm/rounds"), "--configfile", "config.yaml"]

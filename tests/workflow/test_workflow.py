@@ -13,28 +13,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from tiny_experiment import tiny_config
 
 from fst.report import FIGURES as REPORT_FIGURES
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
-
-
-def tiny_config(model_dir: Path, **overrides) -> dict:
-    config = {
-        "experiment": "tiny",
-        "arms": ["rl"],
-        "seeds": [0],
-        "rounds": 2,
-        "model": {"source": str(model_dir)},
-        "tasks": {"sizes": {"train": 8, "val": 4, "test": 4}},
-        "rollout": {"group_size": 2, "max_new_tokens": 8, "batch_size": 8},
-        "slow": {"steps_per_round": 2, "batch_size": 4, "warmup_steps": 0, "lora": {"r": 4}},
-        "evaluation": {"k": 1, "ood_problems": 2},
-    }
-    for key, value in overrides.items():
-        config[key] = value
-    return config
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
