@@ -138,6 +138,13 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     return population, stats, records_frame(adapter, args.round, args.seed), usage
 
 
+def _sampling_settings(cfg: dict):
+    """The generation settings of a stage's settings JSON (rollout, evaluation, decomposition)."""
+    from fst.generation import SamplingSettings
+
+    return SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+
+
 def _load_model(policy: str, dtype: str, prov: Provenance):
     with prov.timed("imports"):
         import torch  # noqa: F401
@@ -151,7 +158,6 @@ def _load_model(policy: str, dtype: str, prov: Provenance):
 def cmd_rollout(args) -> None:
     """Rollout stage: G completions per problem of this round under θ_c and Φ_{c+1}."""
     from fst.data import load_split, round_problems
-    from fst.generation import SamplingSettings
     from fst.population import load_population
 
     cfg = _json(args.settings)
@@ -159,7 +165,7 @@ def cmd_rollout(args) -> None:
     prov = Provenance("rollout", inputs, cfg, seed=args.seed)
     model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
     problems = round_problems(load_split(args.data, "train"), args.seed, args.round, cfg["problems"])
-    settings = SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+    settings = _sampling_settings(cfg)
     from fst.rollout import generate_rollouts
 
     with prov.timed("generate"):
@@ -232,7 +238,6 @@ def cmd_evaluate(args) -> None:
 
     from fst.data import load_split
     from fst.evaluate import evaluate
-    from fst.generation import SamplingSettings
     from fst.policy import load_policy
     from fst.population import best_member, load_population
     from fst.tasks.splits import frame_to_problems
@@ -251,7 +256,7 @@ def cmd_evaluate(args) -> None:
         problems = frame_to_problems(frame[frame["split"] == "val"])[: cfg["ood_problems"]]
         if problems:
             ood[problems[0].task] = problems
-    settings = SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+    settings = _sampling_settings(cfg)
     with prov.timed("generate_and_score"):
         table, samples = evaluate(
             model,
@@ -278,7 +283,6 @@ def cmd_decompose(args) -> None:
     """Channel decomposition: {base, trained} weights x {seed, evolved} prompt, validation mean@k."""
     from fst.data import load_split
     from fst.evaluate import channel_decomposition
-    from fst.generation import SamplingSettings
     from fst.policy import load_policy
     from fst.population import best_member, load_population
 
@@ -291,7 +295,7 @@ def cmd_decompose(args) -> None:
         base, _ = load_policy(Path(args.base_model), cfg["dtype"])
     prompts = {"seed": best_member(load_population(args.seed_population)),
                "evolved": best_member(load_population(args.population))}
-    settings = SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+    settings = _sampling_settings(cfg)
     with prov.timed("generate_and_score"):
         table, samples = channel_decomposition(
             {"base": base, "trained": trained}, tokenizer, load_split(args.data, "val"), prompts, cfg["k"],
