@@ -86,7 +86,7 @@ class Setup:
         self.problems = get_task("arithmetic").generate(random.Random(0), opts.problems)
         self.members = seed_population(SYSTEM)
         self.group_size = opts.group_size
-        self.settings = SamplingSettings(opts.max_new_tokens, TEMPERATURE, 1.0, BATCH_SIZE)
+        self.settings = SamplingSettings(opts.max_new_tokens, TEMPERATURE, BATCH_SIZE)
         # The baseline's prompts: the same chat-templated ids the stage builds (problem-major, G each).
         self.prompts = [
             chat_prompt_ids(self.tokenizer, member.text, problem.question)

@@ -27,6 +27,8 @@ import pandas as pd
 import torch
 from bench_common import ROOT, base_model, peak_rss_mb
 
+from fst import settings
+from fst.config import default_config
 from fst.slow import (
     SlowConfig,
     StoredRollouts,
@@ -191,8 +193,9 @@ def main() -> None:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
     model_dir = base_model(opts.model)
-    cfg = SlowConfig(steps_per_round=opts.steps, batch_size=8, group_size=4,
-                     max_completion_length=MAX_NEW_TOKENS, warmup_steps=0)  # fmt: skip
+    defaults = default_config()  # the slow stage's settings as the default experiment builds them
+    cfg = replace(settings.slow(defaults, seed=0), steps_per_round=opts.steps, batch_size=8, group_size=4,
+                  max_completion_length=MAX_NEW_TOKENS, warmup_steps=0)  # fmt: skip
     cfg = replace(cfg, lora=replace(cfg.lora, enabled=not opts.full))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -114,7 +114,7 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
         load_split(args.data, "train"), args.seed, args.round, fast["anchors"], fast["pareto_problems"]
     )
     seed = args.seed * 1_000_003 + 700_000 + args.round
-    lm = make_reflection_lm(cfg["reflection"], Path(args.base_model), seed=seed)
+    lm = make_reflection_lm(cfg["reflection"], Path(args.base_model), seed=seed, dtype=cfg["dtype"])
     prov.record["reflection"] = describe(lm)
     reflection = GuardedReflection(lm)
     adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed)
@@ -142,7 +142,7 @@ def _sampling_settings(cfg: dict):
     """The generation settings of a stage's settings JSON (rollout, evaluation, decomposition)."""
     from fst.generation import SamplingSettings
 
-    return SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["top_p"], cfg["batch_size"])
+    return SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["batch_size"])
 
 
 def _load_model(policy: str, dtype: str, prov: Provenance):
@@ -405,9 +405,17 @@ def cmd_report(args) -> None:
                  figure_files, Path(args.markdown), args.min_fit_points)
 
 
+def cmd_config(args) -> None:
+    """Print the resolved configuration (schema defaults under your files), each key with its meaning."""
+    from fst.config import show_config
+
+    print(show_config([Path(f) for f in args.configfile]), end="")
+
+
 # Arguments per stage: "name" a required string, "name:int" a required integer, "name?" optional,
 # "name*" zero or more values, "name+" one or more.
 _STAGES = {
+    "config": (cmd_config, "configfile*"),
     "prepare-model": (cmd_prepare_model, "source dtype out provenance"),
     "tasks": (cmd_tasks, "task seed:int sizes data_file? out provenance"),
     "seed-population": (cmd_seed_population, "prompt out provenance"),

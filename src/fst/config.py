@@ -8,10 +8,23 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+# The schema is the one place defaults live; it sits in the repository beside the rules that use it.
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+# Keys that were removed, and why: a clearer message than "unknown key" for configs that still set them.
+RETIRED_KEYS = {
+    ("rollout", "top_p"): (
+        "rollouts always sample the full distribution softmax(logits / rollout.temperature): the slow "
+        "stage's trainer recomputes old log-probs at that temperature over the whole vocabulary, so "
+        "rollouts sampled with nucleus truncation would be silently off-policy. Remove the key."
+    ),
+}
 
 
 class ConfigError(ValueError):
@@ -73,8 +86,20 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def validate_config(config: dict, schema_path: Path, source: str = "config") -> dict:
+def default_config() -> dict:
+    """The embedded default experiment: the schema's defaults, resolved."""
+    return validate_config({}, SCHEMA_PATH, source="defaults")
+
+
+def _check_retired(config: dict, source: str) -> None:
+    for (section, key), why in RETIRED_KEYS.items():
+        if key in (config.get(section) or {}):
+            raise ConfigError(f"{source}: {section}.{key} is no longer a setting: {why}")
+
+
+def validate_config(config: dict, schema_path: Path = SCHEMA_PATH, source: str = "config") -> dict:
     """Return a copy of `config` with defaults filled in; raise ConfigError on any problem."""
+    _check_retired(config, source)
     schema = yaml.safe_load(Path(schema_path).read_text())
     resolved = copy.deepcopy(config)
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
@@ -94,6 +119,15 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"each optimiser step takes whole groups. Set slow.batch_size to e.g. "
             f"{group * max(1, batch // group)}."
         )
+    population = cfg["fast"]["population_size"]
+    if "fst" in cfg["arms"] and group % population:
+        divisor = max(k for k in range(1, population + 1) if group % k == 0)
+        raise ConfigError(
+            f"{source}: fast.population_size ({population}) must divide rollout.group_size ({group}): "
+            f"arm fst spreads each group of G rollouts over the K prompts, G/K each. "
+            f"Set fast.population_size to a divisor of {group} (e.g. {divisor})."
+        )
+    _check_model_source(cfg["model"]["source"], source)
     data_file = cfg["tasks"]["data_file"]
     if data_file and not Path(data_file).is_file():
         raise ConfigError(
@@ -115,6 +149,25 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"{source}: a round needs {needed} training problems (slow.steps_per_round × slow.batch_size "
             f"/ rollout.group_size) but tasks.sizes.train is {cfg['tasks']['sizes']['train']}. "
             f"Raise tasks.sizes.train or lower slow.steps_per_round."
+        )
+
+
+def _check_model_source(model_source: str, source: str) -> None:
+    """A local folder must exist now; `packaged:` names and hub ids (`org/name`) are resolved later."""
+    if model_source.startswith("packaged:"):
+        return
+    path = Path(model_source).expanduser()
+    looks_local = model_source.startswith(("/", ".", "~")) or model_source.count("/") != 1 or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        problem = (
+            "does not exist"
+            if not path.exists()
+            else "has no config.json (not a Hugging Face model folder)"
+        )
+        raise ConfigError(
+            f"{source}: model.source '{model_source}' {problem}. Give a local Hugging Face model folder "
+            f"(paths are relative to the directory you run snakemake from), a hub id such as "
+            f"HuggingFaceTB/SmolLM2-135M-Instruct (needs network), or packaged:smollm2."
         )
 
 
@@ -150,3 +203,41 @@ def problems_per_round(cfg: dict) -> int:
     """Problems whose groups feed one round's T optimiser steps."""
     slow = cfg["slow"]
     return slow["steps_per_round"] * slow["batch_size"] // cfg["rollout"]["group_size"]
+
+
+def _merged(base: dict, update: dict) -> dict:
+    """Snakemake's way of layering config files: nested mappings merge, other values replace."""
+    out = dict(base)
+    for key, value in update.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
+def show_config(configfiles: list[Path]) -> str:
+    """The resolved configuration of config/config.yaml plus `configfiles`, as commented YAML."""
+    config: dict = {}
+    for path in [SCHEMA_PATH.parents[2] / "config" / "config.yaml", *configfiles]:
+        config = _merged(config, yaml.safe_load(Path(path).read_text()) or {})
+    source = ", ".join(map(str, configfiles)) or "config/config.yaml"
+    resolved = validate_config(config, SCHEMA_PATH, source=source)
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    return f"# resolved from the schema's defaults and {source}\n" + "".join(_commented(resolved, schema, 0))
+
+
+def _commented(values: dict, schema: dict, depth: int):
+    import textwrap
+
+    indent = "  " * depth
+    for key, value in values.items():
+        sub = schema.get("properties", {}).get(key, {})
+        for line in textwrap.wrap(" ".join(sub.get("description", "").split()), 100 - len(indent)):
+            yield f"{indent}# {line}\n"
+        if isinstance(value, dict) and "properties" in sub:
+            yield f"{indent}{key}:\n"
+            yield from _commented(value, sub, depth + 1)
+        else:
+            if isinstance(value, list | dict):  # on one line, as JSON (which YAML reads)
+                yield f"{indent}{key}: {json.dumps(value)}\n"
+            else:
+                yield indent + yaml.safe_dump({key: value}, width=10**6, allow_unicode=True)

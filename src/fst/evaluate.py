@@ -108,7 +108,7 @@ def evaluate(
     ]
     kl = 0.0 if base_model is None else token_kl(model, base_model, val_samples)
     metrics.append((val[0].task, f"prompt:{member.id}", "kl_to_base", kl, len(val)))
-    greedy = SamplingSettings(settings.max_new_tokens, 0.0, 1.0, settings.batch_size)
+    greedy = SamplingSettings(settings.max_new_tokens, 0.0, settings.batch_size)
     frames = [val_samples]
     for task, problems in ood.items():
         ood_samples = sample_and_score(model, tokenizer, problems, NO_PROMPT, 1, greedy, seed, "none")

@@ -1,7 +1,9 @@
 """Policy sampling with transformers on CPU (or one GPU): the backend behind rollouts and evaluation.
 
-Returns token ids and the log-probabilities the sampler really used (after temperature and top-p),
-which is what CISPO's importance ratio needs.
+Samples from the full distribution softmax(logits / τ) — no top-k, no nucleus, none of the model's own
+generation defaults — because that is the distribution the slow stage's trainer scores (it recomputes
+old log-probs at τ over the whole vocabulary). Returns token ids and the log-probabilities of the
+sampled tokens under that distribution, which the slow stage checks against its own.
 """
 
 from __future__ import annotations
@@ -15,10 +17,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    max_new_tokens: int = 48
-    temperature: float = 1.0  # 0 means greedy
-    top_p: float = 1.0
-    batch_size: int = 32
+    max_new_tokens: int
+    temperature: float  # 0 means greedy
+    batch_size: int  # sequences generated together (speed and memory, not the distribution)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,32 @@ def _trim(ids: list[int], logprobs: list[float], eos_id: int) -> tuple[list[int]
     return ids, logprobs, "length"
 
 
+def _generation_config(tokenizer, settings: SamplingSettings):
+    """Every sampling choice explicit: a model's generation_config.json (top_k 50, top_p 0.9,
+    repetition penalties, ...) would otherwise change the distribution without our knowing."""
+    from transformers import GenerationConfig
+
+    greedy = settings.temperature == 0
+    sampling = {} if greedy else {"temperature": settings.temperature}
+    return GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=not greedy,
+        top_k=0,
+        top_p=1.0,
+        min_p=0.0,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **sampling,
+    )
+
+
 def _generate_batch(model, tokenizer, prompts: list[list[int]], settings: SamplingSettings):
     import torch
 
@@ -57,23 +84,14 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], settings: Sampli
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    greedy = settings.temperature == 0
-    sampling = {} if greedy else {"temperature": settings.temperature, "top_p": settings.top_p}
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids,
             attention_mask=attention,
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=not greedy,
-            top_k=0 if not greedy else None,
-            output_scores=True,
-            return_dict_in_generate=True,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-            **sampling,
+            generation_config=_generation_config(tokenizer, settings),
         )
     new_tokens = out.sequences[:, width:]
-    # out.scores are the processed logits the sampler drew from (temperature and top-p applied);
+    # out.scores are the processed logits the sampler drew from (temperature applied);
     # one step at a time, so no batch × steps × vocabulary copy is made.
     chosen = torch.stack(
         [

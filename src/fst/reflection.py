@@ -132,17 +132,16 @@ class LocalReflectionLM(_CountedLM):
     def __init__(
         self,
         model_dir: Path,
-        max_new_tokens: int = 384,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int = 0,
-        dtype: str = "float32",
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        seed: int,
+        dtype: str,
         system_prompt: str = DEFAULT_LOCAL_SYSTEM_PROMPT,
     ):
         self.model_dir = Path(model_dir)
         self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
-        self.top_p = float(top_p)
         self.seed = int(seed)
         self.dtype = dtype
         self.system_prompt = system_prompt
@@ -154,7 +153,7 @@ class LocalReflectionLM(_CountedLM):
     def __repr__(self) -> str:
         return (
             f"LocalReflectionLM(model_dir={str(self.model_dir)!r}, max_new_tokens={self.max_new_tokens}, "
-            f"temperature={self.temperature}, top_p={self.top_p}, seed={self.seed}, dtype={self.dtype!r})"
+            f"temperature={self.temperature}, seed={self.seed}, dtype={self.dtype!r})"
         )
 
     def _load(self) -> None:
@@ -200,10 +199,7 @@ class LocalReflectionLM(_CountedLM):
             system, user = _prompt_parts(prompt)
             ids = self._prompt_ids(self.system_prompt if system is None else system, user)
             settings = SamplingSettings(
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                top_p=self.top_p,
-                batch_size=1,
+                max_new_tokens=self.max_new_tokens, temperature=self.temperature, batch_size=1
             )
             # A different but reproducible seed per call: the same request twice gives two proposals.
             (completion,) = sample(
@@ -246,10 +242,11 @@ class OpenAICompatibleLM(_CountedLM):
         self,
         base_url: str,
         model: str,
-        api_key_env: str | None = "OPENAI_API_KEY",
-        max_tokens: int = 1024,
-        temperature: float = 1.0,
-        timeout_s: float = 60.0,
+        *,
+        api_key_env: str | None,
+        max_tokens: int,
+        temperature: float,
+        timeout_s: float,
         max_retries: int = 2,
         seed: int | None = None,
         system_prompt: str | None = None,
@@ -382,35 +379,28 @@ class OpenAICompatibleLM(_CountedLM):
 # Construction, provenance, proposal parsing
 
 
-def make_reflection_lm(cfg: dict, base_model_dir: Path, seed: int = 0):
-    """The reflection LM the config's `reflection` section names (default: the local base model)."""
-    cfg = dict(cfg or {})
-    backend = cfg.get("backend") or "local"
-    optional = {"temperature": cfg["temperature"]} if cfg.get("temperature") is not None else {}
+def make_reflection_lm(cfg: dict, base_model_dir: Path, seed: int, dtype: str):
+    """The reflection LM the config's validated `reflection` section names (every key present).
+
+    `local` is the frozen base model (in the policy's dtype); `openai` any OpenAI-compatible endpoint.
+    """
+    backend = cfg["backend"]
     if backend == "local":
-        kwargs = dict(optional)
-        if cfg.get("max_tokens") is not None:
-            kwargs["max_new_tokens"] = cfg["max_tokens"]
-        for key in ("top_p", "dtype", "system_prompt"):
-            if cfg.get(key) is not None:
-                kwargs[key] = cfg[key]
-        return LocalReflectionLM(Path(base_model_dir), seed=seed, **kwargs)
+        return LocalReflectionLM(Path(base_model_dir), max_new_tokens=cfg["max_tokens"],
+                                 temperature=cfg["temperature"], seed=seed, dtype=dtype)
     if backend == "openai":
         for key, example in (
             ("base_url", "the server's OpenAI-compatible URL, e.g. http://localhost:8000/v1 (vLLM)"),
             ("model", "the model name the server serves, e.g. the path or name given to `vllm serve`"),
         ):
-            if not cfg.get(key):
+            if not cfg[key]:
                 raise ValueError(
                     f"reflection.backend is 'openai' but reflection.{key} is not set: set reflection.{key} "
                     f"to {example} (or use reflection.backend: local)"
                 )
-        kwargs = dict(optional)
-        for key in ("max_tokens", "timeout_s", "max_retries", "system_prompt"):
-            if cfg.get(key) is not None:
-                kwargs[key] = cfg[key]
-        api_key_env = cfg.get("api_key_env", "OPENAI_API_KEY")
-        return OpenAICompatibleLM(cfg["base_url"], cfg["model"], api_key_env=api_key_env, seed=seed, **kwargs)
+        return OpenAICompatibleLM(cfg["base_url"], cfg["model"], api_key_env=cfg["api_key_env"],
+                                  max_tokens=cfg["max_tokens"], temperature=cfg["temperature"],
+                                  timeout_s=cfg["timeout_s"], seed=seed)
     raise ValueError(f"reflection.backend must be 'local' or 'openai', not {backend!r}")
 
 
@@ -424,7 +414,6 @@ def describe(lm) -> dict:
             "settings": {
                 "max_new_tokens": lm.max_new_tokens,
                 "temperature": lm.temperature,
-                "top_p": lm.top_p,
                 "seed": lm.seed,
                 "dtype": lm.dtype,
                 "system_prompt": lm.system_prompt,

@@ -1,20 +1,28 @@
 """Slow stage: T CISPO steps of the slow weights θ on one round's stored, scored rollouts.
 
-TRL's GRPOTrainer(loss_type="cispo") does the RL: group-normalised advantages (z-score over each
-consecutive chunk of num_generations completions), old log-probs recomputed from the round's starting
-weights (gradient_accumulation_steps=1 < steps_per_generation=T), the truncated-ratio CISPO loss over
-completion tokens only, the KL term (reference = the round's starting weights), AdamW, checkpoints and
-resume. Here is only what TRL does not do for us:
+TRL's GRPOTrainer(loss_type="cispo") does the RL: group-normalised advantages (over each consecutive
+chunk of num_generations completions), old log-probs recomputed from the round's starting weights
+(gradient_accumulation_steps=1 < steps_per_generation=T), the truncated-ratio CISPO loss over
+completion tokens only, the β·KL term, AdamW, checkpoints and resume. Every method choice is set
+explicitly in `grpo_args` (never left to a TRL default). Here is only what TRL does not do for us:
 
 - serve the stored rollouts through `rollout_func` (nothing is regenerated) and the stored rewards
   through a pass-through reward function;
 - keep file order: rows sorted by (group_index, sample_index), so each advantage chunk is exactly one
   stored group, mixed system prompts included, normalised once over the whole group;
+- the KL reference is the base model in every round (`slow.kl_reference: base`, the paper's and verl's
+  choice): TRL would use the round's starting weights (it copies a continued LoRA adapter into a `ref`
+  adapter, and reloads a full model from the folder it came from);
+- zero-variance groups (all rewards equal: no signal) are dropped from the loss, its normaliser and
+  the KL term, without refill (`slow.zero_variance_groups: drop`): TRL keeps them in the batch, so the
+  effective learning rate would move with the share of dead groups. A step whose groups are all dead
+  takes no optimiser step (see `_trainer_class`);
+- the loss aggregation (`slow.loss_aggregation`): `token_mean` divides each step's summed token loss by
+  that step's live completion tokens (verl's token-mean); `round_token_mean` is TRL's own normaliser
+  (the round's live tokens / T);
+- an audit of on-policy-ness: the largest gap between the stored sampling log-probs and the old
+  log-probs the trainer recomputes (`sampling/sampling_logp_difference/*`);
 - checkpoint housekeeping across rounds run as separate processes.
-
-Zero-variance groups get advantage 0 from TRL and so add nothing to the CISPO term; TRL keeps them in
-the batch (they still count in the token normaliser and the KL term). The paper drops them without
-refill; watch `frac_reward_zero_std`.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import itertools
 import logging
 import shutil
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -39,16 +47,19 @@ STORED_REWARD = "stored_reward"
 _REF_ADAPTER = "ref"
 # Counters that grow over training: report their last value, not a mean over the round's steps.
 _CUMULATIVE = ("epoch", "num_tokens")
+# Per-step counts: the round's figure is their sum.
+_SUMMED = ("groups/live_groups", "groups/dropped_groups", "groups/zero_variance_groups", "groups/live_tokens",
+           "skipped_step")
 _STEP_LINE_KEYS = ("loss", "reward", "reward_std", "kl", "entropy", "grad_norm", "learning_rate")
 
 
 @dataclass(frozen=True)
 class LoraSettings:
-    enabled: bool = True
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    enabled: bool
+    r: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
 
     def to_peft(self):
         from peft import LoraConfig
@@ -64,35 +75,42 @@ class LoraSettings:
 
 @dataclass(frozen=True)
 class SlowConfig:
-    steps_per_round: int = 4
-    batch_size: int = 8
-    group_size: int = 4
-    learning_rate: float = 1e-4
-    beta: float = 0.001
-    epsilon_high: float = 4.0
-    warmup_steps: int = 10
-    max_grad_norm: float = 1.0
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    dtype: str = "float32"
-    seed: int = 0
+    """The slow stage's settings. No defaults here: they live in the config schema (fst.settings)."""
+
+    steps_per_round: int
+    batch_size: int
+    group_size: int
+    learning_rate: float
+    beta: float
+    kl_reference: str  # "base" | "round_start"
+    epsilon_high: float
+    scale_rewards: str  # "group" | "none"
+    zero_variance_groups: str  # "drop" | "keep"
+    loss_aggregation: str  # "token_mean" | "round_token_mean"
+    warmup_steps: int
+    max_grad_norm: float
+    max_completion_length: int
+    temperature: float
+    lora: LoraSettings
+    dtype: str
+    seed: int
 
     @classmethod
     def from_dict(cls, d: dict) -> SlowConfig:
-        d = dict(d or {})
-        lora = dict(d.pop("lora", None) or {})
+        """From the stage's settings JSON; every field must be there (a missing one is a bug upstream)."""
+        d = dict(d)
+        lora = dict(d.pop("lora"))
         _check_keys("slow", d, cls)
         _check_keys("slow.lora", lora, LoraSettings)
-        if "target_modules" in lora:
-            lora["target_modules"] = tuple(lora["target_modules"])
+        lora["target_modules"] = tuple(lora["target_modules"])
         return cls(**d, lora=LoraSettings(**lora))
 
 
 def _check_keys(section: str, d: dict, cls) -> None:
-    unknown = set(d) - {f.name for f in fields(cls)} - {"lora"}
-    if unknown:
-        raise ValueError(f"unknown {section} settings: {sorted(unknown)}")
+    expected = {f.name for f in fields(cls)} - {"lora"}
+    unknown, missing = set(d) - expected, expected - set(d)
+    if unknown or missing:
+        raise ValueError(f"{section} settings: unknown {sorted(unknown)}, missing {sorted(missing)}")
 
 
 def load_round(scored_path: Path, round_index: int, cfg: SlowConfig) -> pd.DataFrame:
@@ -147,12 +165,14 @@ class StoredRollouts:
 
     The dataset has one row per group whose prompt is the group's key. TRL 1.16 passes each prompt
     repeated num_generations times (RepeatSampler's mini-repeat; the rollout_func docstring says
-    otherwise), so each run of equal keys is one stored group, served in sample order.
+    otherwise), so each run of equal keys is one stored group, served in sample order. `live` says,
+    per served row, whether its group carries signal (its rewards are not all equal).
     """
 
     def __init__(self, rows: pd.DataFrame):
         self.groups = {_group_key(g): group for g, group in rows.groupby("group_index", sort=False)}
         self.completion_tokens = 0
+        self.live: list[bool] = []
 
     def __call__(self, prompts: list[str], trainer) -> dict[str, list]:
         served = []
@@ -164,6 +184,7 @@ class StoredRollouts:
         rows = pd.concat(served)
         completion_ids = [ids.tolist() for ids in rows["completion_ids"]]
         self.completion_tokens = sum(map(len, completion_ids))
+        self.live = [bool(g["reward"].nunique() > 1) for g in served for _ in range(len(g))]
         return {
             "prompt_ids": [ids.tolist() for ids in rows["prompt_ids"]],
             "completion_ids": completion_ids,
@@ -177,29 +198,105 @@ def stored_reward(completions, stored_reward, **kwargs) -> list[float]:
     return list(stored_reward)
 
 
+def split_into_steps(batch: dict, live: list[bool], cfg: SlowConfig) -> tuple[list[dict], list[dict]]:
+    """The round's generation batch as T step batches, with dead groups masked out of the loss.
+
+    TRL's loss mask is completion_mask × tool_mask: a dead row (`zero_variance_groups: drop`) gets a
+    tool_mask of 0, so its tokens leave the policy term, the KL term, their metrics and the
+    normaliser, while the attention mask is untouched. TRL's cispo normaliser is
+    num_items_in_batch / T: each step's num_items_in_batch is set so that it divides by that step's
+    live tokens (token_mean) or by the round's live tokens / T (round_token_mean).
+    Returns (step batches, per-step counts of live and dropped groups and live tokens).
+    """
+    import torch
+    from trl.trainer.utils import split_tensor_dict
+
+    T, G = cfg.steps_per_round, cfg.group_size
+    keep = cfg.zero_variance_groups == "keep"
+    rows = torch.tensor([True] * len(live) if keep else live, device=batch["completion_mask"].device)
+    batch = dict(batch, tool_mask=rows[:, None].to(batch["completion_mask"].dtype).expand_as(
+        batch["completion_mask"]).contiguous())
+    steps = split_tensor_dict(batch, T)
+    round_tokens = (batch["completion_mask"] * batch["tool_mask"]).sum()
+    stats = []
+    for step, rows_of_step in zip(steps, torch.chunk(torch.tensor(live), T), strict=True):
+        tokens = (step["completion_mask"] * step["tool_mask"]).sum()
+        step["num_items_in_batch"] = tokens * T if cfg.loss_aggregation == "token_mean" else round_tokens
+        signal = rows_of_step.view(-1, G)[:, 0]  # per group: do its rewards differ?
+        dropped = 0 if keep else int((~signal).sum())
+        stats.append({"live_groups": len(signal) - dropped, "dropped_groups": dropped,
+                      "zero_variance_groups": int((~signal).sum()), "live_tokens": int(tokens)})
+    return steps, stats
+
+
+def sampling_logp_gap(batch: dict) -> dict[str, float]:
+    """|stored sampling log-prob − the trainer's old log-prob| over completion tokens.
+
+    Near 0 when the rollouts were sampled from the policy the trainer starts from, with the
+    distribution it scores (temperature τ, full vocabulary); large when they were not (e.g. another
+    temperature or a truncated sampler), which would make the CISPO ratio silently off-policy.
+    Needs TRL's old log-probs, which it computes when T > 1.
+    """
+    if "old_per_token_logps" not in batch or "sampling_per_token_logps" not in batch:
+        return {}
+    mask = batch["completion_mask"].bool()
+    gap = (batch["old_per_token_logps"] - batch["sampling_per_token_logps"]).abs()[mask]
+    return {"sampling/sampling_logp_difference/mean": gap.mean().item(),
+            "sampling/sampling_logp_difference/max": gap.max().item()}
+
+
 @functools.cache
 def _trainer_class():
     """The trainer subclass and step logger (built on first use: importing trl takes seconds)."""
+    import torch
     from transformers import TrainerCallback
     from trl import GRPOTrainer
-    from trl.trainer.utils import split_tensor_dict
 
     class StoredRolloutTrainer(GRPOTrainer):
         def _prepare_inputs(self, generation_batch):
-            """TRL's buffering of one generation over T steps, without its row shuffle.
+            if isinstance(generation_batch, dict):  # a step batch already (see training_step)
+                return generation_batch
+            if not self.model.training:
+                return super()._prepare_inputs(generation_batch)
+            return self._step_batch(generation_batch)
+
+        def _step_batch(self, generation_batch):
+            """TRL's buffering of one generation over T steps, without its row shuffle, dead groups masked.
 
             TRL permutes the round's rows before splitting them over the T steps; keeping file order
             makes step k train on whole groups k·B/G … and the audit order equal the file order.
             Advantages are computed over the whole generation before the split either way.
             """
-            if not self.model.training:
-                return super()._prepare_inputs(generation_batch)
-            step = self._step % self.args.steps_per_generation
+            T = self.args.steps_per_generation
+            step = self._step % T
             if step == 0 or self._buffered_inputs is None:
                 batch = self._generate_and_score_completions(generation_batch)
                 _check_loss_mask(batch, self.rollout_func.completion_tokens)
-                self._buffered_inputs = split_tensor_dict(batch, self.args.steps_per_generation)
+                for name, value in sampling_logp_gap(batch).items():
+                    self._metrics["train"][name].append(value)
+                self._buffered_inputs, self._step_stats = split_into_steps(
+                    batch, self.rollout_func.live, self.fst_config
+                )
             return self._buffered_inputs[step]
+
+        def training_step(self, model, inputs, num_items_in_batch):
+            """A step whose groups are all dropped takes no optimiser step.
+
+            No backward pass leaves every gradient None, so AdamW skips every parameter: the weights
+            and the optimiser's moments stay as they were (a zero loss would still move the weights
+            through Adam's momentum). The learning-rate schedule advances: the step is counted.
+            """
+            model.train()  # as Trainer.training_step does before it prepares the inputs
+            inputs = self._step_batch(inputs)  # the step's batch: its counts decide the skip
+            stats = self._step_stats[self._step % self.args.steps_per_generation]
+            for name, value in stats.items():
+                self._metrics["train"][f"groups/{name}"].append(float(value))
+            skipped = stats["live_tokens"] == 0
+            self._metrics["train"]["skipped_step"].append(float(skipped))
+            if skipped:
+                self._step += 1  # GRPOTrainer's own counter, which picks the buffered step
+                return torch.zeros((), device=self.accelerator.device)
+            return super().training_step(model, inputs, num_items_in_batch)
 
     class StepLog(TrainerCallback):
         """One INFO line per optimiser step in the job log (tqdm and Trainer's printer are off)."""
@@ -239,20 +336,45 @@ def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig):
             f"slow.lora.enabled: policy_in ({policy_in}) must be the base model or a LoRA policy"
         )
     model = AutoModelForCausalLM.from_pretrained(policy_in, dtype=dtype)
+    if cfg.beta and cfg.kl_reference == "base":
+        # TRL builds a full fine-tune's KL reference from the folder in config._name_or_path (the
+        # folder the policy was loaded from, θ_c): point it at the base model instead.
+        model.config._name_or_path = str(base_model_dir)
     return model, cfg.lora.to_peft() if cfg.lora.enabled else None
 
 
+def _kl_reference_to_base(model, cfg: SlowConfig) -> None:
+    """LoRA: with no `ref` adapter TRL computes the reference with adapters disabled, i.e. the base.
+
+    TRL adds `ref` (a frozen copy of the continued adapter, θ_c) whenever it is given a PeftModel.
+    """
+    if cfg.kl_reference == "base" and _REF_ADAPTER in getattr(model, "peft_config", {}):
+        model.delete_adapter(_REF_ADAPTER)
+
+
 def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
-    """The stage's GRPOConfig: checkpoints in state_dir, round_index's T steps."""
+    """The stage's GRPOConfig: every choice of the method set here, checkpoints in state_dir."""
     from trl import GRPOConfig
 
     T = cfg.steps_per_round
     return GRPOConfig(
         output_dir=str(state_dir),
-        loss_type="cispo",
-        epsilon_high=cfg.epsilon_high,  # TRL defaults it to epsilon (0.2): every ratio capped at 0.2
+        # The method's choices, all explicit (TRL's defaults would be dapo, ε_high = ε = 0.2, ...).
+        loss_type="cispo",  # -sg(min(ρ, ε_high))·A·log π per token, token-level aggregation
+        epsilon_high=cfg.epsilon_high,  # CISPO's truncation of the importance ratio
+        importance_sampling_level="token",
+        scale_rewards=cfg.scale_rewards,  # "group": A = (r − mean_g) / (std_g + 1e-4); "none": r − mean_g
+        multi_objective_aggregation="sum_then_normalize",  # one reward function: A from the reward
         beta=cfg.beta,
-        temperature=cfg.temperature,
+        use_bias_correction_kl=False,  # k3 estimator of KL(π_θ ‖ π_ref), as in verl
+        sync_ref_model=False,  # the reference never moves during a run
+        num_iterations=1,
+        mask_truncated_completions=False,  # truncated replies keep their (scored) tokens
+        top_entropy_quantile=1.0,  # every completion token is a training target
+        off_policy_mask_threshold=None,
+        entropy_coef=0.0,
+        disable_dropout=False,  # LoRA dropout as configured (0 by default)
+        temperature=cfg.temperature,  # log π at the rollouts' sampling temperature τ
         max_completion_length=cfg.max_completion_length,
         num_generations=cfg.group_size,
         per_device_train_batch_size=cfg.batch_size,
@@ -261,6 +383,7 @@ def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
         shuffle_dataset=False,
         max_steps=(round_index + 1) * T,
         ignore_data_skip=True,
+        optim="adamw_torch",
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="constant_with_warmup",  # independent of the number of rounds
         warmup_steps=cfg.warmup_steps,
@@ -306,13 +429,19 @@ def _round_logs(log_history: list[dict], first_step: int) -> list[dict]:
 
 
 def _aggregate(steps: list[dict]) -> dict:
-    """Mean over the round's steps of each metric (generation metrics appear only on the first step)."""
+    """Each metric over the round's steps: the mean, the sum of counts, the last of running totals.
+
+    Generation metrics appear only on the first step of a round.
+    """
     keys = sorted({k for s in steps for k in s} - {"step"})
     out = {}
     for key in keys:
         values = [s[key] for s in steps if isinstance(s.get(key), int | float)]
         if values:
-            out[key] = values[-1] if key in _CUMULATIVE else sum(values) / len(values)
+            if key in _CUMULATIVE:
+                out[key] = values[-1]
+            else:
+                out[key] = sum(values) / (1 if key in _SUMMED else len(values))
     return out
 
 
@@ -358,6 +487,8 @@ def run_slow_update(
             rollout_func=StoredRollouts(rows),
             callbacks=[step_log()],
         )
+    trainer.fst_config = cfg
+    _kl_reference_to_base(trainer.accelerator.unwrap_model(trainer.model), cfg)
     trainer.remove_callback(PrinterCallback)
     log.info(
         "slow round %d: steps %d..%d on %d rollouts",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fst.config import ConfigError, problems_per_round, validate_config
+from fst.config import ConfigError, default_config, problems_per_round, show_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -18,7 +18,8 @@ SOURCE = "my-experiment.yaml"
 
 @pytest.fixture
 def shipped() -> dict:
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    """A complete config to edit: the default experiment, every key written out."""
+    return default_config()
 
 
 def _error(config: dict) -> str:
@@ -29,18 +30,91 @@ def _error(config: dict) -> str:
     return message
 
 
-def test_shipped_config_validates_and_gets_defaults(shipped):
+def test_the_default_experiment_is_the_schemas_defaults():
+    """One source of truth: config/config.yaml (loaded under every run) restates no setting."""
+    shipped = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     original = copy.deepcopy(shipped)
     resolved = validate_config(shipped, SCHEMA, source="config/config.yaml")
     assert shipped == original, "validation must not mutate the caller's config"
-    # values given in the file are kept
-    assert resolved["rounds"] == shipped["rounds"]
-    assert resolved["rollout"]["group_size"] == shipped["rollout"]["group_size"]
-    assert resolved["slow"]["warmup_steps"] == shipped["slow"]["warmup_steps"]
-    # keys left out take the schema defaults, nested ones too
-    assert "target_modules" not in shipped["slow"]["lora"]
-    assert resolved["slow"]["lora"]["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
-    assert resolved["slow"]["batch_size"] % resolved["rollout"]["group_size"] == 0
+    assert resolved == default_config()
+    assert set(shipped) == {"experiment"}
+
+
+def test_show_config_prints_the_resolved_config_with_every_key_explained(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("rounds: 5\nslow: {lora: {r: 8}}\n")
+    text = show_config([mine])
+    expected = default_config()
+    expected["rounds"], expected["slow"]["lora"]["r"] = 5, 8
+    assert yaml.safe_load(text) == expected
+    assert "# KL coefficient" in text and "# LoRA rank." in text
+
+
+def test_settings_objects_have_no_defaults_of_their_own():
+    """Defaults live in the schema only: a stage's settings object must get every value from it."""
+    import dataclasses
+    import inspect
+
+    from fst.generation import SamplingSettings
+    from fst.reflection import LocalReflectionLM, OpenAICompatibleLM
+    from fst.slow import LoraSettings, SlowConfig
+
+    for cls in (SlowConfig, LoraSettings, SamplingSettings):
+        with_default = [f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
+                        or f.default_factory is not dataclasses.MISSING]
+        assert not with_default, f"{cls.__name__} has defaults for {with_default}"
+    config_keys = {"max_new_tokens", "max_tokens", "temperature", "timeout_s", "api_key_env", "dtype"}
+    for cls in (LocalReflectionLM, OpenAICompatibleLM):
+        params = inspect.signature(cls).parameters.values()
+        assert not [p.name for p in params if p.name in config_keys and p.default is not p.empty], cls
+
+
+def test_each_stage_gets_the_schemas_value():
+    from fst import settings
+
+    cfg = default_config()
+    slow = settings.slow(cfg, seed=3)
+    assert (slow.warmup_steps, slow.learning_rate, slow.epsilon_high) == (
+        cfg["slow"]["warmup_steps"], cfg["slow"]["learning_rate"], cfg["slow"]["epsilon_high"])
+    rollout = cfg["rollout"]
+    assert (slow.temperature, slow.group_size) == (rollout["temperature"], rollout["group_size"])
+    sampling = settings.sampling(cfg)
+    assert (sampling.max_new_tokens, sampling.temperature) == (
+        cfg["rollout"]["max_new_tokens"], cfg["rollout"]["temperature"])
+
+
+def test_top_p_is_refused_with_the_reason(shipped):
+    shipped["rollout"]["top_p"] = 0.9
+    message = _error(shipped)
+    assert "rollout.top_p" in message and "off-policy" in message and "Remove the key" in message
+
+
+def test_population_size_must_divide_the_group_size(shipped):
+    shipped["rollout"]["group_size"], shipped["slow"]["batch_size"] = 4, 8
+    shipped["fast"]["population_size"] = 3
+    message = _error(shipped)
+    assert "fast.population_size (3)" in message and "rollout.group_size (4)" in message
+    assert "e.g. 2" in message
+    shipped["arms"] = ["rl", "gepa"]  # no arm spreads RL groups over the population
+    validate_config(shipped, SCHEMA, source=SOURCE)
+
+
+@pytest.mark.parametrize("source", ["/nonexistent/model", "./models/missing", "a/b/c"])
+def test_missing_local_model_folder_is_refused(shipped, source):
+    shipped["model"]["source"] = source
+    message = _error(shipped)
+    assert f"model.source '{source}' does not exist" in message
+
+
+def test_model_folder_without_config_is_refused(shipped, tmp_path):
+    shipped["model"]["source"] = str(tmp_path)
+    assert "has no config.json" in _error(shipped)
+
+
+def test_hub_ids_and_existing_folders_are_accepted(shipped, tiny_model_dir):
+    for source in ("HuggingFaceTB/SmolLM2-135M-Instruct", str(tiny_model_dir), "packaged:smollm2"):
+        shipped["model"]["source"] = source
+        validate_config(shipped, SCHEMA, source=SOURCE)
 
 
 def test_empty_config_is_all_defaults():

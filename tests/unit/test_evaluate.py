@@ -15,7 +15,7 @@ from fst.tasks.splits import make_splits
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, top_p=1.0, batch_size=32)
+SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, batch_size=32)
 MEMBER = Member("m1", "You are a careful math tutor.", "seed", 1.0, None, 1)
 
 

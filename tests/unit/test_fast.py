@@ -36,7 +36,7 @@ from fst.reflection import OpenAICompatibleLM, ReflectionError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SAMPLING = {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0, "batch_size": 32}
+SAMPLING = {"max_new_tokens": 8, "temperature": 1.0, "batch_size": 32}
 ANCHORS, PARETO, MINIBATCH, BUDGET = 4, 3, 2, 10
 MEMBERS = [
     Member("seed", "You are a careful math tutor. End your reply with the final number.", None, 0.5, None, 0),
@@ -285,7 +285,10 @@ def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(tiny, d
     junk = ["   \n\t ", "```\n```", "ok."]  # blank, an empty fenced block, too short to be a prompt
     server = Endpoint(reply=lambda n: junk[n % len(junk)])
     try:
-        lm = OpenAICompatibleLM(server.base_url, "reflector", api_key_env=None, timeout_s=5, max_retries=0)
+        lm = OpenAICompatibleLM(
+            server.base_url, "reflector", api_key_env=None, max_tokens=32, temperature=1.0, timeout_s=5,
+            max_retries=0,
+        )
         reflection = GuardedReflection(lm)
         adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**SAMPLING), 21)
         settings = FastSettings(BUDGET, 2, MINIBATCH, 21)

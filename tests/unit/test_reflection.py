@@ -13,6 +13,7 @@ import time
 import pytest
 from loopback import REPLY, Endpoint
 
+from fst.config import default_config
 from fst.reflection import (
     LocalReflectionLM,
     OpenAICompatibleLM,
@@ -39,8 +40,8 @@ def keyed(monkeypatch):
 
 
 def _openai(endpoint, **kw) -> OpenAICompatibleLM:
-    kw.setdefault("api_key_env", KEY_ENV)
-    return OpenAICompatibleLM(endpoint.base_url, "reflector-7b", timeout_s=5, **kw)
+    kw = {"api_key_env": KEY_ENV, "max_tokens": 64, "temperature": 1.0, "timeout_s": 5} | kw
+    return OpenAICompatibleLM(endpoint.base_url, "reflector-7b", **kw)
 
 
 def _no_key_anywhere(lm, caplog, *extra: str) -> None:
@@ -66,7 +67,7 @@ def test_openai_returns_content_counts_usage_and_sends_the_key(endpoint, keyed, 
     assert first["headers"]["authorization"] == f"Bearer {KEY}"
     assert first["body"]["model"] == "reflector-7b"
     assert first["body"]["messages"] == [{"role": "user", "content": "Rewrite this instruction."}]
-    assert first["body"]["max_tokens"] == 1024
+    assert first["body"]["max_tokens"] == 64  # the configured budget reaches the request
     assert (first["body"]["seed"], second["body"]["seed"]) == (6, 7)  # reproducible, distinct per call
     info = describe(lm)
     assert info["backend"] == "openai" and info["base_url"] == endpoint.base_url
@@ -160,7 +161,7 @@ def test_local_backend_loads_once_and_counts_tokens(tiny_model_dir, monkeypatch)
     loads = []
     real_load = fst.policy.load_policy
     monkeypatch.setattr(fst.policy, "load_policy", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    lm = LocalReflectionLM(tiny_model_dir, max_new_tokens=6, seed=3)
+    lm = LocalReflectionLM(tiny_model_dir, max_new_tokens=6, temperature=1.0, seed=3, dtype="float32")
     assert lm._model is None  # lazy
     first, second = lm("Write a better instruction."), lm("Write another.")
     assert isinstance(first, str) and isinstance(second, str)
@@ -179,7 +180,7 @@ def test_local_backend_loads_once_and_counts_tokens(tiny_model_dir, monkeypatch)
 
 
 def test_local_backend_missing_folder_is_a_reflection_error(tmp_path):
-    lm = LocalReflectionLM(tmp_path / "nowhere")
+    lm = LocalReflectionLM(tmp_path / "nowhere", max_new_tokens=6, temperature=1.0, seed=0, dtype="float32")
     with pytest.raises(ReflectionError, match="local reflection model"):
         lm("x")
     assert lm.usage.failures == 1
@@ -217,28 +218,35 @@ def test_extract_prompt_follows_gepa(reply, expected):
         assert expected == InstructionProposalSignature.output_extractor(reply.strip())["new_instruction"]
 
 
-def test_make_reflection_lm(tmp_path):
-    local = make_reflection_lm({"backend": "local", "max_tokens": 64, "temperature": 0.5}, tmp_path, seed=2)
+def test_make_reflection_lm_takes_every_setting_from_the_validated_config(tmp_path):
+    defaults = default_config()["reflection"]
+    local = make_reflection_lm(
+        defaults | {"max_tokens": 64, "temperature": 0.5}, tmp_path, seed=2, dtype="bfloat16"
+    )
     assert isinstance(local, LocalReflectionLM)
-    assert (local.model_dir, local.max_new_tokens, local.temperature, local.seed) == (tmp_path, 64, 0.5, 2)
+    assert (local.model_dir, local.max_new_tokens, local.temperature, local.seed, local.dtype) == (
+        tmp_path, 64, 0.5, 2, "bfloat16")
     remote = make_reflection_lm(
-        {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 3}, tmp_path
+        defaults | {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m", "timeout_s": 3},
+        tmp_path, seed=0, dtype="float32",
     )
     assert isinstance(remote, OpenAICompatibleLM)
-    assert (remote.api_key_env, remote.timeout_s, remote.max_tokens) == ("OPENAI_API_KEY", 3.0, 1024)
-    no_auth = make_reflection_lm(
-        {"backend": "openai", "base_url": "u", "model": "m", "api_key_env": None}, tmp_path
-    )
+    assert (remote.api_key_env, remote.timeout_s, remote.max_tokens) == (
+        defaults["api_key_env"], 3.0, defaults["max_tokens"])
+    openai = defaults | {"backend": "openai"}
+    keyless = openai | {"base_url": "u", "model": "m", "api_key_env": None}
+    no_auth = make_reflection_lm(keyless, tmp_path, 0, "float32")
     assert no_auth.api_key_env is None
     with pytest.raises(ValueError, match=r"reflection\.base_url"):
-        make_reflection_lm({"backend": "openai", "model": "m"}, tmp_path)
+        make_reflection_lm(openai | {"model": "m"}, tmp_path, 0, "float32")
     with pytest.raises(ValueError, match=r"reflection\.model"):
-        make_reflection_lm({"backend": "openai", "base_url": "http://x/v1", "model": None}, tmp_path)
+        make_reflection_lm(openai | {"base_url": "http://x/v1", "model": None}, tmp_path, 0, "float32")
     with pytest.raises(ValueError, match="local' or 'openai"):
-        make_reflection_lm({"backend": "bedrock"}, tmp_path)
+        make_reflection_lm(defaults | {"backend": "bedrock"}, tmp_path, 0, "float32")
 
 
 def test_credentials_in_the_url_are_not_described(monkeypatch):
-    lm = OpenAICompatibleLM("https://user:hunter22@example.invalid/v1?token=abc", "m", api_key_env=None)
+    lm = OpenAICompatibleLM("https://user:hunter22@example.invalid/v1?token=abc", "m", api_key_env=None,
+                            max_tokens=8, temperature=1.0, timeout_s=1)
     assert "hunter22" not in repr(lm) and "hunter22" not in json.dumps(describe(lm))
     assert "token=abc" not in json.dumps(describe(lm))

@@ -41,7 +41,7 @@ def members():
     ]
 
 
-SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, top_p=1.0, batch_size=32)
+SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, batch_size=32)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,9 @@
 # Config loading and validation (once, before any rule runs) and the path helpers every rule uses.
 import json
 import re
+from dataclasses import asdict
+
+from fst import settings
 
 from fst.config import ConfigError, problems_per_round
 from fst.report import FIGURES as REPORT_FIGURES
@@ -162,7 +165,7 @@ def previous_tracked(wildcards):
 
 
 def _sampling(cfg):
-    return {key: cfg["rollout"][key] for key in ("max_new_tokens", "temperature", "top_p", "batch_size")}
+    return {key: cfg["rollout"][key] for key in ("max_new_tokens", "temperature", "batch_size")}
 
 
 def fast_settings(wildcards):
@@ -186,14 +189,7 @@ def rollout_settings(wildcards):
 
 
 def slow_settings(wildcards):
-    cfg = point_config(wildcards)
-    return cfg["slow"] | {
-        "group_size": cfg["rollout"]["group_size"],
-        "max_completion_length": cfg["rollout"]["max_new_tokens"],
-        "temperature": cfg["rollout"]["temperature"],
-        "dtype": cfg["model"]["dtype"],
-        "seed": int(wildcards.seed),
-    }
+    return asdict(settings.slow(point_config(wildcards), int(wildcards.seed)))
 
 
 def evaluate_settings(wildcards):
