@@ -118,6 +118,7 @@ class Setup:
             self.settings,
             seed=SEED,
             round_index=0,
+            backend="transformers",
         )
         return [list(ids) for ids in rows["completion_ids"]]
 

@@ -178,6 +178,7 @@ def cmd_rollout(args) -> None:
             settings,
             seed=args.seed * 1_000_003 + args.round,
             round_index=args.round,
+            backend=cfg["backend"],
         )
     artifacts.write_parquet(rows, args.out)
     prov.count(

@@ -22,7 +22,7 @@ def generate_rollouts(
     settings: SamplingSettings,
     seed: int,
     round_index: int,
-    backend: str = "transformers",
+    backend: str,
 ) -> pd.DataFrame:
     """One row per completion with everything the model saw and produced (DESIGN.md "rollouts")."""
     plan = [

@@ -21,6 +21,15 @@ def sampling(cfg: dict) -> SamplingSettings:
     )
 
 
+def generation_backend(cfg: dict) -> str:
+    """The engine that samples rollouts, metric calls and evaluations; `auto` resolves here, once.
+
+    Only transformers exists on the CPU path; vLLM arrives with the GPU path, so `auto` is transformers.
+    """
+    chosen = cfg["rollout"]["backend"]
+    return "transformers" if chosen == "auto" else chosen
+
+
 def slow(cfg: dict, seed: int) -> SlowConfig:
     """The slow stage's CISPO settings; group size, token limit and τ are the rollouts' own."""
     settings = dict(cfg["slow"])

@@ -64,7 +64,10 @@ def test_settings_objects_have_no_defaults_of_their_own():
                         or f.default_factory is not dataclasses.MISSING]
         assert not with_default, f"{cls.__name__} has defaults for {with_default}"
     config_keys = {"max_new_tokens", "max_tokens", "temperature", "timeout_s", "api_key_env", "dtype"}
-    for cls in (LocalReflectionLM, OpenAICompatibleLM):
+    config_keys |= {"backend"}
+    from fst.rollout import generate_rollouts
+
+    for cls in (LocalReflectionLM, OpenAICompatibleLM, generate_rollouts):
         params = inspect.signature(cls).parameters.values()
         assert not [p.name for p in params if p.name in config_keys and p.default is not p.empty], cls
 
@@ -81,6 +84,9 @@ def test_each_stage_gets_the_schemas_value():
     sampling = settings.sampling(cfg)
     assert (sampling.max_new_tokens, sampling.temperature) == (
         cfg["rollout"]["max_new_tokens"], cfg["rollout"]["temperature"])
+    assert cfg["rollout"]["backend"] == "auto" and settings.generation_backend(cfg) == "transformers"
+    cfg["rollout"]["backend"] = "transformers"
+    assert settings.generation_backend(cfg) == "transformers"
 
 
 def test_top_p_is_refused_with_the_reason(shipped):

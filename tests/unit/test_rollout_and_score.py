@@ -47,7 +47,7 @@ SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, batch_size=32)
 @pytest.fixture(scope="module")
 def rollouts(tiny, problems, members):
     model, tokenizer = tiny
-    return generate_rollouts(model, tokenizer, problems, members, G, SETTINGS, SEED, round_index=2)
+    return generate_rollouts(model, tokenizer, problems, members, G, SETTINGS, SEED, 2, "transformers")
 
 
 def test_one_row_per_completion_with_the_design_columns(rollouts, problems):
@@ -95,9 +95,9 @@ def test_prompt_ids_are_what_the_model_saw(rollouts, tiny):
 
 def test_rollouts_are_reproducible_and_seeded(tiny, problems, members, rollouts):
     model, tokenizer = tiny
-    again = generate_rollouts(model, tokenizer, problems, members, G, SETTINGS, SEED, round_index=2)
+    again = generate_rollouts(model, tokenizer, problems, members, G, SETTINGS, SEED, 2, "transformers")
     pd.testing.assert_frame_equal(again, rollouts)
-    other = generate_rollouts(model, tokenizer, problems, members, G, SETTINGS, SEED + 1, 2)
+    other = generate_rollouts(model, tokenizer, problems, members, G, SETTINGS, SEED + 1, 2, "transformers")
     assert list(other["completion_ids"].map(tuple)) != list(rollouts["completion_ids"].map(tuple))
 
 

@@ -414,7 +414,7 @@ def test_rollouts_sampled_by_the_rollout_stage_are_on_policy_for_the_trainer(tin
     def gaps(sampled_at: float, out: str) -> dict:
         settings = SamplingSettings(max_new_tokens=6, temperature=sampled_at, batch_size=16)
         rollouts = generate_rollouts(model, tokenizer, problems, seed_population("Be careful."), G, settings,
-                                     seed=3, round_index=0)
+                                     seed=3, round_index=0, backend="transformers")
         scored = rollouts.assign(reward=[float(i % 2) for i in range(len(rollouts))])
         cfg = replace(CFG, temperature=tau)
         metrics = run_slow_update(_write(scored, tmp_path / f"{out}.parquet"), tiny_model_dir, tiny_model_dir,

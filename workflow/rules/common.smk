@@ -185,6 +185,7 @@ def rollout_settings(wildcards):
         "dtype": cfg["model"]["dtype"],
         "group_size": cfg["rollout"]["group_size"],
         "problems": problems_per_round(cfg),
+        "backend": settings.generation_backend(cfg),
     }
 
 
