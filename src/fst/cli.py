@@ -84,13 +84,20 @@ def cmd_fast(args) -> None:
     artifacts.write_json({"stats": stats, "reflection_usage": usage}, args.report)
     prov.count(
         members=len(members),
+        # every metric call made in this round (calls of a continued search's earlier rounds are
+        # charged to those rounds): the policy rollouts the summary charges, each one exactly once
         metric_calls=stats["metric_calls"],
+        rescoring_calls=stats.get("rescoring_calls", 0),
+        metric_calls_not_counted_by_gepa=stats.get("uncounted_calls", 0),
         reflection_calls=usage.get("calls", 0),
         reflection_prompt_tokens=usage.get("prompt_tokens", 0),
         reflection_completion_tokens=usage.get("completion_tokens", 0),
         proposals_accepted=stats.get("proposals_accepted", 0),
         proposals_rejected_unparseable=stats.get("proposals_rejected_unparseable", 0),
     )
+    if cfg["gepa_round"]:
+        kept = ("continued_from", "calls_before", "gepa_metric_calls", "max_metric_calls")
+        prov.record["gepa"] = {key: stats[key] for key in kept} | {"run_dir": args.gepa_dir}
     prov.record["timings_s"]["process_start"] = args.process_start
     prov.write(args.provenance, {"population": args.out, "gepa_rollouts": args.gepa_rollouts})
 
@@ -119,12 +126,15 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     reflection = GuardedReflection(lm)
     adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed)
     settings = FastSettings(fast["budget"], fast["population_size"], fast["reflection_minibatch_size"], seed)
+    previous = Path(args.previous_gepa_dir) if args.previous_gepa_dir else None
     with prov.timed("gepa"):
-        # A retried round resumes its GEPA state only if weights, reflection and sampling are unchanged.
+        # A retried round resumes its GEPA state, and a round continues the previous round's search,
+        # only if the policy files (their sha256), reflection and sampling settings are unchanged.
         identity = json.dumps([prov.record["inputs"]["policy"]["sha256"], cfg["reflection"], cfg["sampling"]])
         population, stats = run_fast_round(
-            adapter, reflection, members, anchors, pareto, Path(args.gepa_dir), args.round, settings, identity
-        )
+            adapter, reflection, members, anchors, pareto, Path(args.gepa_dir), args.round, settings,
+            identity, previous,
+        )  # fmt: skip
     usage = lm.usage.as_dict()
     if reflection.unavailable:
         raise ReflectionError(
@@ -135,7 +145,7 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     stats["gepa_round"] = True
     stats["reflection_seconds"] = usage["seconds"]
     log.info("GEPA round %d: %s", args.round, stats)
-    return population, stats, records_frame(adapter, args.round, args.seed), usage
+    return population, stats, records_frame(Path(args.gepa_dir), args.round, args.seed), usage
 
 
 def _sampling_settings(cfg: dict):
@@ -423,7 +433,7 @@ _STAGES = {
     "fast": (
         cmd_fast,
         "arm round:int seed:int population_in policy base_model data settings gepa_dir "
-        "out gepa_rollouts report provenance",
+        "previous_gepa_dir? out gepa_rollouts report provenance",
     ),
     "rollout": (cmd_rollout, "policy population data round:int seed:int settings out provenance"),
     "score": (cmd_score, "rollouts data out provenance"),

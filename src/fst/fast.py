@@ -4,15 +4,21 @@ GEPA (the `gepa` package) does the evolution: reflective proposals from traces a
 acceptance, the per-instance Pareto front. What FST needs and GEPA does not provide is written here:
 
 - a GEPA adapter whose metric calls are rollouts of the policy being trained, scored by the same reward
-  and feedback code as the score stage (and kept for audit: they are policy rollouts too);
-- carrying the population across rounds that each run in a fresh process. Old scores were earned under
-  old weights, so a round does not resume the previous round's GEPA state: it re-scores the K members
-  of Φ_c on the Pareto set under θ_c and writes them as a new GEPA state (member 0 as GEPA's seed,
-  the others as candidates), then lets GEPA continue from that state. Those re-scoring calls are metric
-  calls and are counted. Within a round, a killed and retried stage resumes GEPA's own state (its run
-  folder lives outside the round's outputs) without re-scoring the seed, but only if the round is set
-  up as before (a key over settings, population, problem sets and weights): a rerun after a config
-  change starts afresh instead of resuming a finished, stale search;
+  and feedback code as the score stage, each one kept for audit (they are policy rollouts too);
+- carrying the search across rounds that each run in a fresh process. When the round's policy weights
+  are byte-identical to those of the previous GEPA round (arm gepa, whose weights never change) and the
+  reflection, sampling and GEPA settings and the Pareto set are the same, the previous round's scores
+  are still valid: the round copies that round's GEPA state into its own folder and lets GEPA resume it
+  (GEPA's own resume from `run_dir`), with a fresh budget, spending no metric call on re-scoring.
+  Otherwise (new weights, as in arm fst) old scores were earned under other weights: the round
+  re-scores the K members of Φ_c on the Pareto set under θ_c and writes them as a new GEPA state
+  (member 0 as GEPA's seed, the others as candidates); those re-scoring calls are metric calls and
+  are counted. Within a round, a killed and retried stage resumes GEPA's state (its run folder lives
+  outside the round's outputs), but only if the round is set up as before (a key over settings,
+  population, problem sets, weights and the state it continues): a rerun after a config change starts
+  afresh instead of resuming a finished, stale search;
+- the audit of every metric call across kills: `metric_calls.jsonl` in the GEPA folder (see
+  `CallLog`), and the whole candidate set with its Pareto front (`fst_candidates.json`);
 - the new population: the top-K of GEPA's Pareto front, with lineage mapped to member ids;
 - rejecting (and counting) reflection replies that hold no usable prompt.
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -33,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fst import artifacts
 from fst.generation import SamplingSettings, chat_prompt_ids, sample
 from fst.population import Member
 from fst.reflection import extract_prompt
@@ -44,6 +52,60 @@ COMPONENT = "system_prompt"
 _BUDGET_FILE = "fst_budget.json"
 
 
+CALLS_FILE = "metric_calls.jsonl"
+CANDIDATES_FILE = "fst_candidates.json"
+
+
+def read_calls(path: Path) -> list[dict]:
+    """The metric-call records of a GEPA folder's call log (none if it has none yet)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+class CallLog:
+    """Every metric call of a GEPA search, one JSON line each, appended and synced as the call is made.
+
+    Hand-written because GEPA persists its state (adapter state included) only between iterations: the
+    calls of an iteration cut short by a kill are spent policy rollouts that GEPA's saved state does
+    not know about and that GEPA repeats on resume. They stay here, marked `counted_by_gepa: false`.
+    A call's sampling seed comes from its index in this log, so the repeated calls get new seeds
+    rather than replaying the lost ones, and a continued search's seeds carry on from the last round.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records = read_calls(path)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def append(self, records: list[dict]) -> None:
+        with open(self.path, "a") as fh:
+            for record in records:
+                fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.records.extend(records)
+
+    def reconcile(self, gepa_total: int) -> int:
+        """Mark the calls beyond what GEPA's state counts (the tail, lost by a kill) as not counted."""
+        counted = [r for r in self.records if r["counted_by_gepa"]]
+        excess = len(counted) - gepa_total
+        if excess > 0:
+            log.warning("%d metric calls made before a kill are not in GEPA's saved state: kept in the "
+                        "audit as not counted by GEPA (GEPA repeats them)", excess)
+            for record in counted[-excess:]:
+                record["counted_by_gepa"] = False
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+            os.replace(tmp, self.path)
+        elif excess < 0:
+            log.warning("GEPA counts %d metric calls the call log does not hold", -excess)
+        return excess
+
+
 class PolicyAdapter:
     """GEPA adapter: a candidate prompt is scored by rollouts of the current policy, one per problem."""
 
@@ -51,9 +113,16 @@ class PolicyAdapter:
 
     def __init__(self, model, tokenizer, settings: SamplingSettings, seed: int):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
-        self.seed = seed
-        self.records: list[dict] = []  # every metric call, for the audit trail
+        self.seed = seed  # sampling seed base of a search started from scratch
+        self.seed_base = seed  # that of the search being run (a continued one keeps its own)
+        self.round_index = 0
+        self.calls: CallLog | None = None  # the search's persistent call log, when attached
+        self.records: list[dict] = []  # the metric calls of this process
         self.seconds = 0.0  # time spent generating and scoring (the policy-rollout share of a round)
+
+    def attach(self, calls: CallLog, seed_base: int, round_index: int) -> None:
+        """Write every call to `calls`, seeding call n of the search with seed_base + n."""
+        self.calls, self.seed_base, self.round_index = calls, seed_base, round_index
 
     def evaluate(self, batch: list[Problem], candidate: dict[str, str], capture_traces: bool = False):
         from gepa import EvaluationBatch
@@ -61,26 +130,37 @@ class PolicyAdapter:
         started = time.perf_counter()
         system = candidate[COMPONENT]
         prompts = [chat_prompt_ids(self.tokenizer, system, p.question) for p in batch]
-        done = sample(self.model, self.tokenizer, prompts, self.settings, self.seed + len(self.records))
+        first = len(self.calls) if self.calls is not None else len(self.records)
+        seed = self.seed_base + first
+        done = sample(self.model, self.tokenizer, prompts, self.settings, seed)
         scores = [score_reply(p, c.text) for p, c in zip(batch, done, strict=True)]
         traces = [
             {"question": p.question, "reply": c.text, "feedback": s.feedback, "reward": s.reward}
             for p, c, s in zip(batch, done, scores, strict=True)
         ]
-        for problem, prompt, completion, trace in zip(batch, prompts, done, traces, strict=True):
-            self.records.append(
-                {
-                    "problem_id": problem.id,
-                    "system_text": system,
-                    "prompt_ids": prompt,
-                    "completion_ids": completion.ids,
-                    "logprobs": completion.logprobs,
-                    "finish_reason": completion.finish_reason,
-                    "completion_text": completion.text,
-                    "reward": trace["reward"],
-                    "feedback": trace["feedback"],
-                }
+        new = [
+            {
+                "call_index": first + n,
+                "round": self.round_index,
+                "problem_id": problem.id,
+                "system_text": system,
+                "prompt_ids": prompt,
+                "completion_ids": completion.ids,
+                "logprobs": completion.logprobs,
+                "finish_reason": completion.finish_reason,
+                "completion_text": completion.text,
+                "reward": trace["reward"],
+                "feedback": trace["feedback"],
+                "sampling_seed": seed,  # one seed per batch of calls (generation is seeded per batch)
+                "counted_by_gepa": True,
+            }
+            for n, (problem, prompt, completion, trace) in enumerate(
+                zip(batch, prompts, done, traces, strict=True)
             )
+        ]
+        if self.calls is not None:
+            self.calls.append(new)
+        self.records.extend(new)
         self.seconds += time.perf_counter() - started
         return EvaluationBatch(
             outputs=[c.text for c in done],
@@ -179,6 +259,22 @@ def _skip_seed_policy():
     return StartFromState()
 
 
+def lineage(parents: list[list[int | None]], previous: list[Member], round_index: int):
+    """(member id, parent id, round created) of every candidate index.
+
+    Index i < len(previous) is previous[i] (the state was started, or continued, from those candidates
+    in that order); a later index is a candidate proposed in this round, `r<round>-c<index>`.
+    """
+    out: list[tuple[str, str | None, int]] = []
+    for i, parent_list in enumerate(parents):
+        if i < len(previous):
+            out.append((previous[i].id, previous[i].parent_id, previous[i].round_created))
+            continue
+        parent = next((p for p in parent_list if p is not None), None)
+        out.append((f"r{round_index}-c{i}", out[parent][0] if parent is not None else None, round_index))
+    return out
+
+
 def select_population(
     candidates: list[str],
     parents: list[list[int | None]],
@@ -188,32 +284,50 @@ def select_population(
     k: int,
     round_index: int,
 ) -> list[Member]:
-    """Top-k of the Pareto front by mean Pareto-set score; lineage mapped to member ids.
+    """Top-k of the Pareto front by mean Pareto-set score; lineage mapped to member ids (see `lineage`).
 
-    Index i < len(previous) is previous[i] (the state was started from Φ_c in that order).
     Members share the group equally (weight 1/k); ties keep GEPA's order.
     """
     on_front = sorted({i for ids in front.values() for i in ids}, key=lambda i: (-scores[i], i))[:k]
-    ids = {i: previous[i].id for i in range(len(previous))}
-
-    def member_id(i: int) -> str:
-        return ids.setdefault(i, f"r{round_index}-c{i}")
-
-    chosen = []
-    for i in on_front:
-        parent = next((p for p in parents[i] if p is not None), None)
-        old = previous[i] if i < len(previous) else None
-        chosen.append(
-            Member(
-                id=member_id(i),
-                text=candidates[i],
-                parent_id=old.parent_id if old else (member_id(parent) if parent is not None else None),
-                weight=1.0 / len(on_front),
-                val_score=scores[i],
-                round_created=old.round_created if old else round_index,
-            )
+    names = lineage(parents, previous, round_index)
+    return [
+        Member(
+            id=names[i][0],
+            text=candidates[i],
+            parent_id=names[i][1],
+            weight=1.0 / len(on_front),
+            val_score=scores[i],
+            round_created=names[i][2],
         )
-    return chosen
+        for i in on_front
+    ]
+
+
+def candidates_record(result, previous: list[Member], population: list[Member], round_index: int) -> dict:
+    """Every candidate of the search with its lineage, Pareto-set score and place on the front."""
+    front = result.per_val_instance_best_candidates
+    names = lineage(result.parents, previous, round_index)
+    chosen = {m.id for m in population}
+    return {
+        "round": round_index,
+        "candidates": [
+            {
+                "index": i,
+                "id": name,
+                "text": candidate[COMPONENT],
+                "parent_id": parent_id,
+                "parents": result.parents[i],
+                "round_created": created,
+                "val_score": result.val_aggregate_scores[i],
+                "best_on_problems": sorted(str(p) for p, ids in front.items() if i in ids),
+                "on_front": any(i in ids for ids in front.values()),
+                "in_population": name in chosen,
+            }
+            for i, (candidate, (name, parent_id, created)) in enumerate(
+                zip(result.candidates, names, strict=True)
+            )
+        ],
+    }
 
 
 @dataclass(frozen=True)
@@ -224,17 +338,103 @@ class FastSettings:
     seed: int = 0
 
 
-def round_key(identity: str, settings: FastSettings, members, anchors, pareto) -> str:
-    """What a resumable GEPA state must match: the caller's identity (weights, reflection, sampling),
-    the round's settings, the population it starts from and its problem sets."""
-    spec = {
-        "identity": identity,
-        "settings": asdict(settings),
-        "members": [asdict(m) for m in members],
-        "anchors": [p.id for p in anchors],
-        "pareto": [p.id for p in pareto],
-    }
+def _digest(spec: dict) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def chain_key(identity: str, settings: FastSettings, pareto) -> str:
+    """What keeps a GEPA state's scores valid in a later round: the caller's identity (weights,
+    reflection, sampling), GEPA's minibatch size and the Pareto set the scores were earned on."""
+    return _digest(
+        {
+            "identity": identity,
+            "reflection_minibatch_size": settings.reflection_minibatch_size,
+            "pareto": [p.id for p in pareto],
+        }
+    )
+
+
+def round_key(
+    identity: str, settings: FastSettings, members, anchors, pareto, continues: str | None = None
+) -> str:
+    """What a resumable GEPA state must match: the caller's identity (weights, reflection, sampling),
+    the round's settings, the population it starts from, its problem sets and the state it continues."""
+    return _digest(
+        {
+            "identity": identity,
+            "settings": asdict(settings),
+            "members": [asdict(m) for m in members],
+            "anchors": [p.id for p in anchors],
+            "pareto": [p.id for p in pareto],
+            "continues": continues,
+        }
+    )
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _continuable(previous_dir: Path | None, chain: str, members: list[Member]) -> dict | None:
+    """The previous round's round record, if this round may continue its search, else None."""
+    if previous_dir is None:
+        return None
+    meta = _read_json(previous_dir / _BUDGET_FILE)
+    files = [previous_dir / name for name in ("gepa_state.bin", CALLS_FILE, CANDIDATES_FILE)]
+    if not meta or not all(f.is_file() for f in files):
+        log.info("previous GEPA folder %s is not a finished round: starting a fresh search", previous_dir)
+        return None
+    if meta.get("chain_key") != chain:
+        log.info("weights, reflection, sampling or Pareto set differ from %s: starting a fresh search "
+                 "(the population is re-scored under the current weights)", previous_dir)
+        return None
+    texts = {c["text"] for c in _read_json(previous_dir / CANDIDATES_FILE)["candidates"]}
+    if any(m.text not in texts for m in members):
+        log.info("the population is not drawn from %s: starting a fresh search", previous_dir)
+        return None
+    return meta
+
+
+def _start_round(adapter, members, pareto, run_dir, round_index, settings, keys, previous_dir, previous):
+    """A new GEPA folder for the round: the previous round's search continued, or Φ_c re-scored."""
+    from gepa.core.state import GEPAState
+
+    # Calls an earlier attempt of this round made (killed before GEPA saved a state, or under another
+    # set-up) were spent all the same: they stay in the audit, not counted by GEPA.
+    earlier = [r for r in read_calls(run_dir / CALLS_FILE) if r["round"] == round_index]
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    if previous is not None:
+        shutil.copy2(previous_dir / "gepa_state.bin", run_dir / "gepa_state.bin")
+        shutil.copy2(previous_dir / CALLS_FILE, run_dir / CALLS_FILE)
+    calls = CallLog(run_dir / CALLS_FILE)
+    start = len(calls)
+    calls.append([r | {"call_index": start + n, "counted_by_gepa": False} for n, r in enumerate(earlier)])
+    if previous is not None:
+        state = GEPAState.load(str(run_dir))
+        calls.reconcile(state.total_num_evals)
+        known = [Member(c["id"], c["text"], c["parent_id"], 0.0, c["val_score"], c["round_created"])
+                 for c in _read_json(previous_dir / CANDIDATES_FILE)["candidates"]]
+        seed_base, calls_before, rescoring = previous["seed_base"], state.total_num_evals, 0
+        log.info("continuing the GEPA search of %s (%d metric calls made there, unchanged weights): "
+                 "no re-scoring", previous_dir, calls_before)
+    else:
+        known, seed_base, calls_before = list(members), adapter.seed, 0
+        adapter.attach(calls, seed_base, round_index)
+        state = start_state(adapter, members, pareto, run_dir)
+        rescoring = state.total_num_evals
+    meta = {
+        **keys,
+        "round": round_index,
+        "continued_from": str(previous_dir) if previous is not None else None,
+        "calls_before": calls_before,
+        "rescoring_calls": rescoring,
+        "max_metric_calls": state.total_num_evals + settings.budget,
+        "seed_base": seed_base,
+        "candidates_before": [asdict(m) for m in known],
+    }
+    artifacts.write_json(meta, run_dir / _BUDGET_FILE)
+    return calls, meta
 
 
 def run_fast_round(
@@ -247,30 +447,36 @@ def run_fast_round(
     round_index: int,
     settings: FastSettings,
     identity: str = "",
+    previous_dir: Path | None = None,
 ) -> tuple[list[Member], dict]:
     """Φ_c -> Φ_{c+1}. Returns the new population and the round's GEPA accounting.
 
     `identity` names what the caller knows defines the round beyond the arguments (e.g. the policy's
-    content hash): a GEPA state in `run_dir` is resumed only if it was made for the same round.
+    content hash): a GEPA state in `run_dir` is resumed only if it was made for the same round, and
+    the search of `previous_dir` (the previous round's GEPA folder) is continued only if it was made
+    with the same identity, minibatch size and Pareto set, and Φ_c is drawn from its candidates.
     """
     import gepa
     from gepa.core.state import GEPAState
 
-    key = round_key(identity, settings, members, anchors, pareto)
-    budget_file = run_dir / _BUDGET_FILE
-    budget = json.loads(budget_file.read_text()) if budget_file.exists() else {}
-    if (run_dir / "gepa_state.bin").exists() and budget.get("round_key") == key:
+    chain = chain_key(identity, settings, pareto)
+    previous = _continuable(previous_dir, chain, members)
+    continues = previous["round_key"] if previous is not None else None
+    key = round_key(identity, settings, members, anchors, pareto, continues)
+    keys = {"round_key": key, "chain_key": chain}
+    meta = _read_json(run_dir / _BUDGET_FILE)
+    if (run_dir / "gepa_state.bin").exists() and meta.get("round_key") == keys["round_key"]:
         log.info("resuming this round's GEPA state in %s", run_dir)
+        calls = CallLog(run_dir / CALLS_FILE)
+        calls.reconcile(GEPAState.load(str(run_dir)).total_num_evals)
     else:
         if (run_dir / "gepa_state.bin").exists():
             log.warning("GEPA state in %s was made for another set-up of this round (settings, population, "
                         "problems or weights changed): starting the round afresh", run_dir)
-        shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True)
-        state = start_state(adapter, members, pareto, run_dir)
-        budget = {"rescoring_calls": state.total_num_evals, "round_key": key}
-        budget["max_metric_calls"] = state.total_num_evals + settings.budget
-        budget_file.write_text(json.dumps(budget))
+        calls, meta = _start_round(
+            adapter, members, pareto, run_dir, round_index, settings, keys, previous_dir, previous
+        )
+    adapter.attach(calls, meta["seed_base"], round_index)
     (run_dir / "gepa.stop").unlink(missing_ok=True)  # a leftover stop file would end every later run
     result = gepa.optimize(
         seed_candidate={COMPONENT: members[0].text},
@@ -281,7 +487,7 @@ def run_fast_round(
         candidate_selection_strategy="pareto",
         frontier_type="instance",
         reflection_minibatch_size=settings.reflection_minibatch_size,
-        max_metric_calls=budget["max_metric_calls"],
+        max_metric_calls=meta["max_metric_calls"],
         val_evaluation_policy=_skip_seed_policy(),
         run_dir=str(run_dir),
         seed=settings.seed,
@@ -290,23 +496,33 @@ def run_fast_round(
         raise_on_exception=False,
     )
     state = GEPAState.load(str(run_dir))
+    calls.reconcile(state.total_num_evals)
+    known = [Member(**m) for m in meta["candidates_before"]]
     texts = [c[COMPONENT] for c in result.candidates]
     population = select_population(
         texts,
         result.parents,
         result.val_aggregate_scores,
         result.per_val_instance_best_candidates,
-        members,
+        known,
         settings.population_size,
         round_index,
     )
+    artifacts.write_json(candidates_record(result, known, population, round_index), run_dir / CANDIDATES_FILE)
+    this_round = [r for r in calls.records if r["round"] == round_index]
     stats = {
-        "metric_calls": state.total_num_evals,
-        "rescoring_calls": budget["rescoring_calls"],
-        "max_metric_calls": budget["max_metric_calls"],
-        "candidates_before": len(members),
+        # every policy rollout GEPA's metric made in this round, over all attempts: what is charged
+        "metric_calls": len(this_round),
+        # of those, the ones GEPA's own state counts (its budget); the rest were lost to a kill
+        "gepa_metric_calls": state.total_num_evals - meta["calls_before"],
+        "uncounted_calls": sum(not r["counted_by_gepa"] for r in this_round),
+        "rescoring_calls": meta["rescoring_calls"],
+        "continued_from": meta["continued_from"],
+        "calls_before": meta["calls_before"],  # made by the search this round continues, charged there
+        "max_metric_calls": meta["max_metric_calls"],
+        "candidates_before": len(known),
         "candidates_after": len(texts),
-        "proposals_accepted": len(texts) - len(members),
+        "proposals_accepted": len(texts) - len(known),
         "proposals_rejected_unparseable": reflection.rejected,
         "gepa_iterations": state.i + 1,
         "policy_rollout_seconds": round(adapter.seconds, 3),
@@ -326,9 +542,9 @@ def anchor_and_pareto_sets(train: list[Problem], seed: int, round_index: int, an
     return rest[:anchors], pareto_set
 
 
-def records_frame(adapter: PolicyAdapter, round_index: int, seed: int) -> pd.DataFrame:
-    frame = pd.DataFrame(adapter.records)
-    frame.insert(0, "round", round_index)
+def records_frame(run_dir: Path, round_index: int, seed: int) -> pd.DataFrame:
+    """The round's metric calls from the GEPA folder's call log: every attempt's, kills included."""
+    frame = pd.DataFrame([r for r in read_calls(run_dir / CALLS_FILE) if r["round"] == round_index])
     frame["seed"] = seed
     frame["backend"] = "transformers"
     return frame

@@ -349,17 +349,26 @@ def _openai_reflection(base_url: str) -> dict:
     }
 
 
-def _fast_argv(exp: Path, round_index: int, population_in: Path, model_dir: Path, data: Path, settings: str):
-    """The argument list of rule fast (workflow/rules/round.smk) for arm fst, seed 0."""
-    run = exp / "default" / "fst" / "seed0"
+def _fast_argv(
+    exp: Path, round_index: int, population_in: Path, model_dir: Path, data: Path, settings: str,
+    arm: str = "fst", previous: bool = False,
+):  # fmt: skip
+    """The argument list of rule fast (workflow/rules/round.smk) for `arm`, seed 0; with `previous`,
+    the previous round's GEPA folder as the rule passes it when that round ran GEPA."""
+    run = exp / "default" / arm / "seed0"
     out, gepa_dir = run / f"round{round_index}", run / "gepa_state" / f"round{round_index}"
+    extra = ["--previous-gepa-dir", str(run / "gepa_state" / f"round{round_index - 1}")] if previous else []
     return [
-        "fast", "--arm", "fst", "--round", str(round_index), "--seed", "0",
+        "fast", "--arm", arm, "--round", str(round_index), "--seed", "0",
         "--population-in", str(population_in), "--policy", str(model_dir), "--base-model", str(model_dir),
-        "--data", str(data), "--settings", settings, "--gepa-dir", str(gepa_dir),
+        "--data", str(data), "--settings", settings, "--gepa-dir", str(gepa_dir), *extra,
         "--out", str(out / "population.json"), "--gepa-rollouts", str(out / "gepa_rollouts.parquet"),
         "--report", str(out / "fast_report.json"), "--provenance", str(out / "provenance" / "fast.json"),
     ]  # fmt: skip
+
+
+def _arg(argv: list[str], name: str) -> Path:
+    return Path(argv[argv.index(name) + 1])
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -416,9 +425,12 @@ def test_reflection_endpoint_down_keeps_the_state_and_a_rerun_resumes(
     round1 = population0.parent.parent / "round1"
     rollouts = pd.read_parquet(round1 / "gepa_rollouts.parquet")
     _, pareto = _sets(data_file, 1)
-    assert _rescoring(rollouts.to_dict("records"), load_population(population0), pareto) == []
+    # The file holds every call of the round, the first attempt's too: Φ_1 re-scored once, not again.
+    rescored = _rescoring(rollouts.to_dict("records"), load_population(population0), pareto)
+    assert [r["call_index"] for r in rescored] == list(range(PARETO))
     report = json.loads((round1 / "fast_report.json").read_text())["stats"]
-    assert report["metric_calls"] == spent_first + len(rollouts)
+    assert report["metric_calls"] == len(rollouts) > spent_first
+    assert rollouts["call_index"].tolist() == list(range(len(rollouts)))
     assert report["rescoring_calls"] == PARETO and report["max_metric_calls"] == PARETO + 6
     assert 1 <= len(load_population(round1 / "population.json")) <= 2
     assert {k: v for k, v in _snapshot(exp).items() if k in before} == before
@@ -460,3 +472,206 @@ def test_the_api_key_is_in_no_artifact(tiny_model_dir, data_file, tmp_path, monk
     assert described["api_key_set"] is True
     assert provenance["config"]["reflection"]["api_key_env"] == KEY_ENV
     assert provenance["counts"]["reflection_calls"] == len(server.requests)
+
+
+# --------------------------------------------------------------------------------------------------
+# 6-9. Arm gepa across rounds: a killed and resumed round keeps every metric call, an unchanged-weights
+# round continues the search without re-scoring, changed weights start afresh, each call charged once.
+
+_KILLED_ATTEMPT = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+import fst.fast as fast
+from fst.cli import main
+
+real, made = fast.PolicyAdapter.evaluate, []
+
+def evaluate(self, batch, candidate, capture_traces=False):
+    out = real(self, batch, candidate, capture_traces)
+    if batch:
+        made.append(len(batch))
+        if len(made) == 3:  # Φ_0 re-scored, then one GEPA iteration's parent and child minibatches
+            print(json.dumps({"calls": sum(made)}), flush=True)
+            os._exit(9)  # killed: no cleanup, no state saved after the last iteration's start
+    return out
+
+fast.PolicyAdapter.evaluate = evaluate
+main(json.loads(sys.argv[1]))
+"""
+
+
+def _rows(argv) -> list[dict]:
+    return pd.read_parquet(_arg(argv, "--gepa-rollouts")).to_dict("records")
+
+
+def _stats(argv) -> dict:
+    return json.loads(_arg(argv, "--report").read_text())["stats"]
+
+
+@pytest.fixture(scope="module")
+def reflection_server():
+    server = Endpoint(reply=_proposal)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def killed_round0(tiny_model_dir, data_file, reflection_server, tmp_path_factory):
+    """Arm gepa's round 0, killed after some metric calls, then rerun by the same command."""
+    exp = tmp_path_factory.mktemp("gepa_arm") / "results" / "default"
+    seed_file = exp / "default" / "population_seed.json"
+    save_population(seed_population(MEMBERS[0].text), seed_file, 0)
+    reflection = {**_openai_reflection(reflection_server.base_url), "api_key_env": None}
+    settings = _settings(reflection)
+    argv = _fast_argv(exp, 0, seed_file, tiny_model_dir, data_file, settings, arm="gepa")
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_ATTEMPT, json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 9, done.stderr[-3000:]
+    killed_calls = json.loads(done.stdout.strip().splitlines()[-1])["calls"]
+    assert not _arg(argv, "--gepa-rollouts").exists()  # the stage died before writing its outputs
+    from fst.cli import main
+
+    main(argv)
+    return {"exp": exp, "settings": settings, "argv": argv, "killed_calls": killed_calls}
+
+
+@pytest.fixture(scope="module")
+def gepa_round1(killed_round0, tiny_model_dir, data_file):
+    """Arm gepa's round 1: the same (base) weights, the previous round's GEPA folder passed on."""
+    from fst.cli import main
+
+    r0 = killed_round0["argv"]
+    argv = _fast_argv(
+        killed_round0["exp"], 1, _arg(r0, "--out"), tiny_model_dir, data_file, killed_round0["settings"],
+        arm="gepa", previous=True,
+    )  # fmt: skip
+    main(argv)
+    return argv
+
+
+def test_a_killed_and_resumed_round_keeps_every_metric_call_with_continuing_seeds(killed_round0):
+    from gepa.core.state import GEPAState
+
+    argv, killed = killed_round0["argv"], killed_round0["killed_calls"]
+    rows, stats = _rows(argv), _stats(argv)
+    gepa_dir = _arg(argv, "--gepa-dir")
+    # Every call is in the file, the killed attempt's first: one row per call, indexed in order.
+    assert [r["call_index"] for r in rows] == list(range(len(rows)))
+    assert len(rows) > killed and stats["metric_calls"] == len(rows)
+    assert [r["round"] for r in rows] == [0] * len(rows)
+    # The killed attempt's last iteration was lost from GEPA's saved state (saved at its start, after
+    # Φ_0's PARETO re-scoring calls): GEPA repeated it. Those calls were made all the same.
+    lost = killed - PARETO
+    assert [r["counted_by_gepa"] for r in rows[:killed]] == [True] * PARETO + [False] * lost
+    assert all(r["counted_by_gepa"] for r in rows[killed:])
+    assert stats["uncounted_calls"] == lost > 0
+    assert stats["gepa_metric_calls"] == len(rows) - lost == GEPAState.load(str(gepa_dir)).total_num_evals
+    assert stats["rescoring_calls"] == PARETO and stats["calls_before"] == 0
+    # Seeds: one per batch of calls, the search's base plus the index of the batch's first call, so
+    # they keep counting across the kill instead of replaying the lost calls' seeds.
+    base = rows[0]["sampling_seed"]
+    batches: dict[int, list[int]] = {}
+    for r in rows:
+        batches.setdefault(r["sampling_seed"], []).append(r["call_index"])
+    for seed, indices in batches.items():
+        assert indices == list(range(indices[0], indices[0] + len(indices)))
+        assert seed == base + indices[0]
+    assert base + killed in batches  # the first batch after the resume
+    assert len(batches) == len(set(batches))
+    # The call log in the GEPA folder is the same record.
+    logged = [json.loads(line) for line in (gepa_dir / "metric_calls.jsonl").read_text().splitlines()]
+    assert [(r["call_index"], r["completion_ids"], r["counted_by_gepa"]) for r in logged] == [
+        (r["call_index"], list(r["completion_ids"]), r["counted_by_gepa"]) for r in rows
+    ]
+    provenance = json.loads(_arg(argv, "--provenance").read_text())
+    assert provenance["counts"]["metric_calls"] == len(rows)
+    assert provenance["counts"]["metric_calls_not_counted_by_gepa"] == lost
+
+
+def test_a_gepa_arm_round_under_unchanged_weights_continues_the_search_without_rescoring(
+    killed_round0, gepa_round1, data_file
+):
+    from gepa.core.state import GEPAState
+
+    r0, r1 = killed_round0["argv"], gepa_round1
+    stats1 = _stats(r1)
+    gepa0, gepa1 = _arg(r0, "--gepa-dir"), _arg(r1, "--gepa-dir")
+    state0, state1 = GEPAState.load(str(gepa0)), GEPAState.load(str(gepa1))
+    assert stats1["continued_from"] == str(gepa0)
+    assert stats1["calls_before"] == state0.total_num_evals > 0
+    assert stats1["rescoring_calls"] == 0
+    rows1 = _rows(r1)
+    population0 = load_population(_arg(r0, "--out"))
+    _, pareto = _sets(data_file, 1)
+    assert _rescoring(rows1, population0, pareto) == []  # no member of Φ_1 scored again on the Pareto set
+    assert rows1 and stats1["metric_calls"] == len(rows1) == stats1["gepa_metric_calls"]
+    assert state1.total_num_evals == stats1["calls_before"] + stats1["gepa_metric_calls"]
+    assert stats1["max_metric_calls"] == stats1["calls_before"] + 6  # a fresh proposal budget
+    # The search went on from round 0's: its candidates and scores, round 0's call log ahead of round 1's.
+    n0 = len(state0.program_candidates)
+    assert state1.program_candidates[:n0] == state0.program_candidates
+    assert state1.prog_candidate_val_subscores[:n0] == state0.prog_candidate_val_subscores
+    assert stats1["candidates_before"] == n0
+    assert [r["call_index"] for r in rows1] == list(range(len(_rows(r0)), len(_rows(r0)) + len(rows1)))
+    logged = (gepa1 / "metric_calls.jsonl").read_text().splitlines()
+    assert len(logged) == len(_rows(r0)) + len(rows1)
+    # Carried members keep their ids; the whole candidate set is written, not only the top K.
+    candidates = json.loads((gepa1 / "fst_candidates.json").read_text())["candidates"]
+    assert len(candidates) == len(state1.program_candidates)
+    ids = {c["text"]: c["id"] for c in candidates}
+    assert all(ids[m.text] == m.id for m in population0)
+    population1 = load_population(_arg(r1, "--out"))
+    assert {c["id"] for c in candidates if c["in_population"]} == {m.id for m in population1}
+    provenance = json.loads(_arg(r1, "--provenance").read_text())
+    assert provenance["counts"]["rescoring_calls"] == 0
+    assert provenance["gepa"]["continued_from"] == str(gepa0)
+
+
+def test_changed_weights_start_a_fresh_search_and_its_rescoring_is_counted(
+    killed_round0, tiny_model_dir, tiny, data_file, tmp_path
+):
+    from fst.cli import main
+
+    model_dir = tmp_path / "perturbed"
+    _perturbed(tiny_model_dir).save_pretrained(model_dir)
+    tiny[1].save_pretrained(model_dir)
+    r0 = killed_round0["argv"]
+    population0 = load_population(_arg(r0, "--out"))
+    # Round 1 of a run whose weights changed, handed the same previous GEPA folder.
+    exp = killed_round0["exp"]
+    argv = _fast_argv(exp, 1, _arg(r0, "--out"), model_dir, data_file, killed_round0["settings"], arm="gepa")
+    argv = [*argv, "--previous-gepa-dir", str(_arg(r0, "--gepa-dir"))]
+    argv[argv.index("--gepa-dir") + 1] = str(tmp_path / "gepa_state" / "round1")
+    for name in ("--out", "--gepa-rollouts", "--report", "--provenance"):
+        argv[argv.index(name) + 1] = str(tmp_path / "round1" / _arg(argv, name).name)
+    main(argv)
+    stats, rows = _stats(argv), _rows(argv)
+    _, pareto = _sets(data_file, 1)
+    rescoring = len(population0) * PARETO
+    assert stats["continued_from"] is None and stats["calls_before"] == 0
+    assert stats["rescoring_calls"] == rescoring
+    assert [(r["system_text"], r["problem_id"]) for r in rows[:rescoring]] == [
+        (m.text, p.id) for m in population0 for p in pareto
+    ]  # Φ_1 re-scored under the new weights first, and charged
+    assert stats["metric_calls"] == len(rows) > rescoring
+    assert [r["call_index"] for r in rows] == list(range(len(rows)))
+    assert json.loads(_arg(argv, "--provenance").read_text())["counts"]["rescoring_calls"] == rescoring
+
+
+def test_policy_rollouts_charged_to_arm_gepa_equal_its_distinct_metric_calls(killed_round0, gepa_round1):
+    from fst.summary import counts_by_run, spent_before
+
+    r0, r1 = killed_round0["argv"], gepa_round1
+    (per_round,) = counts_by_run([_arg(r0, "--provenance"), _arg(r1, "--provenance")]).values()
+    rows0, rows1 = _rows(r0), _rows(r1)
+    distinct = {r["call_index"] for r in rows0} | {r["call_index"] for r in rows1}
+    assert len(distinct) == len(rows0) + len(rows1)  # no call in both rounds' files
+    logged = (_arg(r1, "--gepa-dir") / "metric_calls.jsonl").read_text().splitlines()
+    assert spent_before(per_round, 1).policy_rollouts == len(rows0)
+    assert spent_before(per_round, 2).policy_rollouts == len(distinct) == len(logged)

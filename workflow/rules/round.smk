@@ -20,6 +20,7 @@ rule fast:
         settings=lambda w: as_json(fast_settings(w)),
         # GEPA's run folder stays outside the round's outputs, so a retried round resumes it.
         gepa_dir=f"{RUN}/gepa_state/round{{round}}",
+        previous_gepa=previous_gepa_option,
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: fast weights (GEPA)"
     conda:
@@ -28,8 +29,8 @@ rule fast:
         "fst fast --arm {wildcards.arm} --round {wildcards.round} --seed {wildcards.seed} "
         "--population-in {input.population} --policy {input.policy} --base-model {input.base_model} "
         "--data {input.data} --settings {params.settings:q} --gepa-dir {params.gepa_dir} "
-        "--out {output.population} --gepa-rollouts {output.gepa_rollouts} --report {output.report} "
-        "--provenance {output.provenance} 2> {log}"
+        "{params.previous_gepa} --out {output.population} --gepa-rollouts {output.gepa_rollouts} "
+        "--report {output.report} --provenance {output.provenance} 2> {log}"
 
 
 rule rollout:
