@@ -555,12 +555,18 @@ def gepa_round1(killed_round0, tiny_model_dir, data_file):
     return argv
 
 
-def test_a_killed_and_resumed_round_keeps_every_metric_call_with_continuing_seeds(killed_round0):
+def test_a_killed_and_resumed_round_keeps_every_metric_call_with_continuing_seeds(killed_round0, data_file):
     from gepa.core.state import GEPAState
 
     argv, killed = killed_round0["argv"], killed_round0["killed_calls"]
     rows, stats = _rows(argv), _stats(argv)
     gepa_dir = _arg(argv, "--gepa-dir")
+    _, pareto = _sets(data_file, 0)
+    # The killed attempt's calls are in the file: its re-scoring of Φ_0 first (the resume re-scores nothing).
+    assert [(r["system_text"], r["problem_id"]) for r in rows[:PARETO]] == [
+        (MEMBERS[0].text, p.id) for p in pareto
+    ]
+    assert len(_rescoring(rows, MEMBERS[:1], pareto)) == PARETO
     # Every call is in the file, the killed attempt's first: one row per call, indexed in order.
     assert [r["call_index"] for r in rows] == list(range(len(rows)))
     assert len(rows) > killed and stats["metric_calls"] == len(rows)
@@ -664,12 +670,16 @@ def test_changed_weights_start_a_fresh_search_and_its_rescoring_is_counted(
     assert json.loads(_arg(argv, "--provenance").read_text())["counts"]["rescoring_calls"] == rescoring
 
 
-def test_policy_rollouts_charged_to_arm_gepa_equal_its_distinct_metric_calls(killed_round0, gepa_round1):
+def test_policy_rollouts_charged_to_arm_gepa_equal_its_distinct_metric_calls(killed_round0, request):
     from fst.summary import counts_by_run, spent_before
 
-    r0, r1 = killed_round0["argv"], gepa_round1
+    r0 = killed_round0["argv"]
+    rows0 = _rows(r0)
+    (round0,) = counts_by_run([_arg(r0, "--provenance")]).values()
+    assert spent_before(round0, 1).policy_rollouts == len(rows0)  # the killed attempt's calls too
+    r1 = request.getfixturevalue("gepa_round1")
     (per_round,) = counts_by_run([_arg(r0, "--provenance"), _arg(r1, "--provenance")]).values()
-    rows0, rows1 = _rows(r0), _rows(r1)
+    rows1 = _rows(r1)
     distinct = {r["call_index"] for r in rows0} | {r["call_index"] for r in rows1}
     assert len(distinct) == len(rows0) + len(rows1)  # no call in both rounds' files
     logged = (_arg(r1, "--gepa-dir") / "metric_calls.jsonl").read_text().splitlines()
