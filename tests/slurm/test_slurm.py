@@ -204,8 +204,12 @@ def test_tiny_experiment_runs_through_slurm_and_a_preempted_stage_resumes(tmp_pa
     stats = json.loads((run_dir / "round0/fast_report.json").read_text())["stats"]
     gepa_rollouts = pd.read_parquet(run_dir / "round0/gepa_rollouts.parquet")
     assert spent_before >= stats["rescoring_calls"] > 0
-    # Started over, the round would have re-scored the population and made every call again.
-    assert len(gepa_rollouts) == stats["metric_calls"] - spent_before
+    # Every metric call is in the file, the preempted run's too: the calls of its unsaved last
+    # iteration are marked as not counted by GEPA (which repeated them), and all are charged.
+    assert len(gepa_rollouts) == stats["metric_calls"]
+    assert gepa_rollouts["call_index"].tolist() == list(range(len(gepa_rollouts)))
+    assert stats["metric_calls"] == stats["gepa_metric_calls"] + stats["uncounted_calls"]
+    assert stats["gepa_metric_calls"] >= spent_before
     assert len(server.requests) >= 2  # the held-back call and at least one after the restart
     print(f"tiny experiment via SLURM (1 round, arm fst, one preemption): {wall:.0f} s")
 
