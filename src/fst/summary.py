@@ -47,7 +47,11 @@ class Spent:
 
 
 def spent_before(per_round: dict[int, Counter], k: int) -> Spent:
-    """RL optimiser steps and policy rollouts (RL rollouts + GEPA metric calls) in rounds < k."""
+    """RL optimiser steps and policy rollouts (RL rollouts + GEPA metric calls) in rounds < k.
+
+    A round's `metric_calls` are the calls it made itself (a killed attempt's included); a search it
+    continued made its earlier calls in earlier rounds, charged there: each call is charged once.
+    """
     before = sum((counts for r, counts in per_round.items() if r < k), Counter())
     return Spent(before["optimizer_steps"], before["rollouts"] + before["metric_calls"])
 
