@@ -70,16 +70,21 @@ class CallLog:
     Hand-written because GEPA persists its state (adapter state included) only between iterations: the
     calls of an iteration cut short by a kill are spent policy rollouts that GEPA's saved state does
     not know about and that GEPA repeats on resume. They stay here, marked `counted_by_gepa: false`.
-    A call's sampling seed comes from its index in this log, so the repeated calls get new seeds
+    A call's sampling seed comes from its index in the search, so the repeated calls get new seeds
     rather than replaying the lost ones, and a continued search's seeds carry on from the last round.
+
+    Each round's folder logs the calls made in that round only (a long search would otherwise copy
+    its whole history into every round): `offset` is the number of calls the search made in earlier
+    rounds (the first index here), `counted_before` how many of them GEPA's state counts.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, offset: int = 0, counted_before: int = 0):
+        self.path, self.offset, self.counted_before = path, offset, counted_before
         self.records = read_calls(path)
 
     def __len__(self) -> int:
-        return len(self.records)
+        """Calls of the search so far, earlier rounds' included: the index of the next call."""
+        return self.offset + len(self.records)
 
     def append(self, records: list[dict]) -> None:
         with open(self.path, "a") as fh:
@@ -92,7 +97,7 @@ class CallLog:
     def reconcile(self, gepa_total: int) -> int:
         """Mark the calls beyond what GEPA's state counts (the tail, lost by a kill) as not counted."""
         counted = [r for r in self.records if r["counted_by_gepa"]]
-        excess = len(counted) - gepa_total
+        excess = self.counted_before + len(counted) - gepa_total
         if excess > 0:
             log.warning("%d metric calls made before a kill are not in GEPA's saved state: kept in the "
                         "audit as not counted by GEPA (GEPA repeats them)", excess)
@@ -401,25 +406,26 @@ def _start_round(adapter, members, pareto, run_dir, round_index, settings, keys,
 
     # Calls an earlier attempt of this round made (killed before GEPA saved a state, or under another
     # set-up) were spent all the same: they stay in the audit, not counted by GEPA.
-    earlier = [r for r in read_calls(run_dir / CALLS_FILE) if r["round"] == round_index]
+    earlier = read_calls(run_dir / CALLS_FILE)
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     if previous is not None:
+        # GEPA's own resume: its saved state in this round's run_dir. The previous folder stays as it was.
         shutil.copy2(previous_dir / "gepa_state.bin", run_dir / "gepa_state.bin")
-        shutil.copy2(previous_dir / CALLS_FILE, run_dir / CALLS_FILE)
-    calls = CallLog(run_dir / CALLS_FILE)
-    start = len(calls)
-    calls.append([r | {"call_index": start + n, "counted_by_gepa": False} for n, r in enumerate(earlier)])
-    if previous is not None:
         state = GEPAState.load(str(run_dir))
-        calls.reconcile(state.total_num_evals)
+        offset = previous["log_offset"] + len(read_calls(previous_dir / CALLS_FILE))
+        calls = CallLog(run_dir / CALLS_FILE, offset, state.total_num_evals)
         known = [Member(c["id"], c["text"], c["parent_id"], 0.0, c["val_score"], c["round_created"])
                  for c in _read_json(previous_dir / CANDIDATES_FILE)["candidates"]]
         seed_base, calls_before, rescoring = previous["seed_base"], state.total_num_evals, 0
-        log.info("continuing the GEPA search of %s (%d metric calls made there, unchanged weights): "
+        log.info("continuing the GEPA search of %s (%d metric calls made by it, unchanged weights): "
                  "no re-scoring", previous_dir, calls_before)
     else:
-        known, seed_base, calls_before = list(members), adapter.seed, 0
+        calls = CallLog(run_dir / CALLS_FILE)
+        known, seed_base, calls_before, offset = list(members), adapter.seed, 0, 0
+    start = len(calls)
+    calls.append([r | {"call_index": start + n, "counted_by_gepa": False} for n, r in enumerate(earlier)])
+    if previous is None:
         adapter.attach(calls, seed_base, round_index)
         state = start_state(adapter, members, pareto, run_dir)
         rescoring = state.total_num_evals
@@ -428,6 +434,7 @@ def _start_round(adapter, members, pareto, run_dir, round_index, settings, keys,
         "round": round_index,
         "continued_from": str(previous_dir) if previous is not None else None,
         "calls_before": calls_before,
+        "log_offset": offset,
         "rescoring_calls": rescoring,
         "max_metric_calls": state.total_num_evals + settings.budget,
         "seed_base": seed_base,
@@ -467,7 +474,7 @@ def run_fast_round(
     meta = _read_json(run_dir / _BUDGET_FILE)
     if (run_dir / "gepa_state.bin").exists() and meta.get("round_key") == keys["round_key"]:
         log.info("resuming this round's GEPA state in %s", run_dir)
-        calls = CallLog(run_dir / CALLS_FILE)
+        calls = CallLog(run_dir / CALLS_FILE, meta["log_offset"], meta["calls_before"])
         calls.reconcile(GEPAState.load(str(run_dir)).total_num_evals)
     else:
         if (run_dir / "gepa_state.bin").exists():
@@ -509,7 +516,7 @@ def run_fast_round(
         round_index,
     )
     artifacts.write_json(candidates_record(result, known, population, round_index), run_dir / CANDIDATES_FILE)
-    this_round = [r for r in calls.records if r["round"] == round_index]
+    this_round = calls.records
     stats = {
         # every policy rollout GEPA's metric made in this round, over all attempts: what is charged
         "metric_calls": len(this_round),
@@ -542,9 +549,9 @@ def anchor_and_pareto_sets(train: list[Problem], seed: int, round_index: int, an
     return rest[:anchors], pareto_set
 
 
-def records_frame(run_dir: Path, round_index: int, seed: int) -> pd.DataFrame:
+def records_frame(run_dir: Path, seed: int) -> pd.DataFrame:
     """The round's metric calls from the GEPA folder's call log: every attempt's, kills included."""
-    frame = pd.DataFrame([r for r in read_calls(run_dir / CALLS_FILE) if r["round"] == round_index])
+    frame = pd.DataFrame(read_calls(run_dir / CALLS_FILE))
     frame["seed"] = seed
     frame["backend"] = "transformers"
     return frame

@@ -619,14 +619,14 @@ def test_a_gepa_arm_round_under_unchanged_weights_continues_the_search_without_r
     assert rows1 and stats1["metric_calls"] == len(rows1) == stats1["gepa_metric_calls"]
     assert state1.total_num_evals == stats1["calls_before"] + stats1["gepa_metric_calls"]
     assert stats1["max_metric_calls"] == stats1["calls_before"] + 6  # a fresh proposal budget
-    # The search went on from round 0's: its candidates and scores, round 0's call log ahead of round 1's.
+    # The search went on from round 0's: its candidates and scores; call indices go on from round 0's.
     n0 = len(state0.program_candidates)
     assert state1.program_candidates[:n0] == state0.program_candidates
     assert state1.prog_candidate_val_subscores[:n0] == state0.prog_candidate_val_subscores
     assert stats1["candidates_before"] == n0
     assert [r["call_index"] for r in rows1] == list(range(len(_rows(r0)), len(_rows(r0)) + len(rows1)))
     logged = (gepa1 / "metric_calls.jsonl").read_text().splitlines()
-    assert len(logged) == len(_rows(r0)) + len(rows1)
+    assert len(logged) == len(rows1)  # each round's folder logs the calls of that round
     # Carried members keep their ids; the whole candidate set is written, not only the top K.
     candidates = json.loads((gepa1 / "fst_candidates.json").read_text())["candidates"]
     assert len(candidates) == len(state1.program_candidates)
@@ -682,6 +682,11 @@ def test_policy_rollouts_charged_to_arm_gepa_equal_its_distinct_metric_calls(kil
     rows1 = _rows(r1)
     distinct = {r["call_index"] for r in rows0} | {r["call_index"] for r in rows1}
     assert len(distinct) == len(rows0) + len(rows1)  # no call in both rounds' files
-    logged = (_arg(r1, "--gepa-dir") / "metric_calls.jsonl").read_text().splitlines()
+    logged = [
+        json.loads(line)["call_index"]
+        for argv in (r0, r1)
+        for line in (_arg(argv, "--gepa-dir") / "metric_calls.jsonl").read_text().splitlines()
+    ]
+    assert sorted(logged) == list(range(len(logged)))
     assert spent_before(per_round, 1).policy_rollouts == len(rows0)
     assert spent_before(per_round, 2).policy_rollouts == len(distinct) == len(logged)
