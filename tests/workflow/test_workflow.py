@@ -38,6 +38,27 @@ def test_dry_run_lists_rounds_times_seeds(tmp_path, tiny_model_dir):
     assert counts["base_model"] == "1"
 
 
+def test_a_gepa_round_is_handed_the_previous_gepa_round_folder(tmp_path, tiny_model_dir):
+    """Arm gepa's round r continues round r-1's search (same weights); arm fst with GEPA every 2nd
+    round has no GEPA round just before one, so each of its GEPA rounds starts afresh."""
+    fast = {"every": 2, "anchors": 4, "pareto_problems": 2}
+    config = tiny_config(tiny_model_dir, arms=["fst", "gepa"], rounds=3, fast=fast)
+    result = snakemake(tmp_path, config, "-n", "-p")
+    assert result.returncode == 0, result.stderr
+    handed = {}
+    for line in (result.stdout + result.stderr).splitlines():
+        if "fst fast --arm" in line:
+            words = line[line.index("fst fast") :].split()
+            arm, r = words[words.index("--arm") + 1], int(words[words.index("--round") + 1])
+            flag = "--previous-gepa-dir"
+            handed[arm, r] = words[words.index(flag) + 1] if flag in words else None
+    run = "results/tiny/default/{}/seed0/gepa_state/round{}"
+    assert handed == {
+        ("gepa", 0): None, ("gepa", 1): run.format("gepa", 0), ("gepa", 2): run.format("gepa", 1),
+        ("fst", 0): None, ("fst", 1): None, ("fst", 2): None,
+    }  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

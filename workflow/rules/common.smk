@@ -93,14 +93,14 @@ def gepa_round(cfg, arm, round_index):
 
 
 def previous_gepa_option(wildcards):
-    """`--previous-gepa-dir` naming the previous round's GEPA folder, when that round ran GEPA.
+    """`--previous-gepa-dir` naming the previous round's GEPA folder, when both rounds run GEPA.
 
     The fast stage continues that search when the weights and settings are unchanged (arm gepa),
     else starts afresh. A param, not an input: GEPA folders are working state outside the rules'
     outputs, and the previous round's population (an input) already orders the two jobs.
     """
-    r = int(wildcards.round)
-    if r == 0 or not gepa_round(point_config(wildcards), wildcards.arm, r - 1):
+    r, cfg = int(wildcards.round), point_config(wildcards)
+    if r == 0 or not (gepa_round(cfg, wildcards.arm, r) and gepa_round(cfg, wildcards.arm, r - 1)):
         return ""
     run = RUN.format(point=wildcards.point, arm=wildcards.arm, seed=wildcards.seed)
     return f"--previous-gepa-dir {run}/gepa_state/round{r - 1}"
