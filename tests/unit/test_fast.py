@@ -1,5 +1,7 @@
 """The fast stage: top-K population from GEPA's Pareto front, GEPA state across processes and rounds,
-rejected reflection replies, a reflection endpoint that is down, and the API key kept out of artifacts.
+rejected reflection replies, a reflection endpoint that is down, the API key kept out of artifacts, and
+arm gepa's rounds: the search continued under unchanged weights, every metric call kept across a kill
+and charged once.
 
 GEPA really runs here (gepa 0.1.4) on the tiny random Llama; its metric calls are real rollouts. The
 OpenAI-compatible reflection backend talks to a real HTTP server on 127.0.0.1 (tests/loopback.py).
