@@ -145,7 +145,7 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     stats["gepa_round"] = True
     stats["reflection_seconds"] = usage["seconds"]
     log.info("GEPA round %d: %s", args.round, stats)
-    return population, stats, records_frame(Path(args.gepa_dir), args.seed), usage
+    return population, stats, records_frame(Path(args.gepa_dir), args.seed, cfg["backend"]), usage
 
 
 def _sampling_settings(cfg: dict):

@@ -339,8 +339,8 @@ def candidates_record(result, previous: list[Member], population: list[Member], 
 class FastSettings:
     budget: int  # GEPA metric calls for proposals this round (re-scoring Φ_c comes on top)
     population_size: int  # K
-    reflection_minibatch_size: int = 3
-    seed: int = 0
+    reflection_minibatch_size: int
+    seed: int
 
 
 def _digest(spec: dict) -> str:
@@ -549,9 +549,9 @@ def anchor_and_pareto_sets(train: list[Problem], seed: int, round_index: int, an
     return rest[:anchors], pareto_set
 
 
-def records_frame(run_dir: Path, seed: int) -> pd.DataFrame:
+def records_frame(run_dir: Path, seed: int, backend: str) -> pd.DataFrame:
     """The round's metric calls from the GEPA folder's call log: every attempt's, kills included."""
     frame = pd.DataFrame(read_calls(run_dir / CALLS_FILE))
     frame["seed"] = seed
-    frame["backend"] = "transformers"
+    frame["backend"] = backend
     return frame

@@ -55,11 +55,12 @@ def test_settings_objects_have_no_defaults_of_their_own():
     import dataclasses
     import inspect
 
+    from fst.fast import FastSettings
     from fst.generation import SamplingSettings
     from fst.reflection import LocalReflectionLM, OpenAICompatibleLM
     from fst.slow import LoraSettings, SlowConfig
 
-    for cls in (SlowConfig, LoraSettings, SamplingSettings):
+    for cls in (SlowConfig, LoraSettings, SamplingSettings, FastSettings):
         with_default = [f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
                         or f.default_factory is not dataclasses.MISSING]
         assert not with_default, f"{cls.__name__} has defaults for {with_default}"

@@ -334,6 +334,7 @@ def _settings(reflection: dict, gepa_round: bool = True) -> str:
             },
             "reflection": reflection,
             "sampling": SAMPLING,
+            "backend": "transformers",
             "dtype": "float32",
         }
     )
@@ -426,6 +427,7 @@ def test_reflection_endpoint_down_keeps_the_state_and_a_rerun_resumes(
     assert len(server.requests) >= 1
     round1 = population0.parent.parent / "round1"
     rollouts = pd.read_parquet(round1 / "gepa_rollouts.parquet")
+    assert (rollouts["backend"] == "transformers").all()  # the resolved rollout.backend of the settings
     _, pareto = _sets(data_file, 1)
     # The file holds every call of the round, the first attempt's too: Φ_1 re-scored once, not again.
     rescored = _rescoring(rollouts.to_dict("records"), load_population(population0), pareto)

@@ -189,6 +189,7 @@ def fast_settings(wildcards):
         "fast": cfg["fast"],
         "reflection": cfg["reflection"],
         "sampling": _sampling(cfg),
+        "backend": settings.generation_backend(cfg),
         "dtype": cfg["model"]["dtype"],
     }
 
