@@ -225,7 +225,8 @@ def cmd_slow(args) -> None:
         import torch  # noqa: F401
         import trl  # noqa: F401
 
-        from fst.slow import SlowConfig, run_slow_update
+        from fst.slow import SlowConfig, round_counts, run_slow_update
+    settings = SlowConfig.from_dict(cfg)
     with prov.timed("train"):
         metrics = run_slow_update(
             Path(args.scored),
@@ -234,11 +235,10 @@ def cmd_slow(args) -> None:
             Path(args.out),
             Path(args.state_dir),
             args.round,
-            SlowConfig.from_dict(cfg),
+            settings,
         )
     artifacts.write_json(metrics, args.metrics)
-    taken = len(metrics["steps"])  # TRL logs every optimiser step (logging_steps=1)
-    prov.count(optimizer_steps=taken, rollouts_trained=taken * cfg["batch_size"])
+    prov.count(**round_counts(metrics, settings))
     prov.record["timings_s"]["process_start"] = args.process_start
     prov.write(args.provenance, {"policy": args.out, "metrics": args.metrics})
 

@@ -437,6 +437,7 @@ def _start_round(adapter, members, pareto, run_dir, round_index, settings, keys,
         "log_offset": offset,
         "rescoring_calls": rescoring,
         "max_metric_calls": state.total_num_evals + settings.budget,
+        "iterations_before": state.i + 1,  # GEPA's iteration counter runs on over a continued search
         "seed_base": seed_base,
         "candidates_before": [asdict(m) for m in known],
     }
@@ -516,6 +517,11 @@ def run_fast_round(
         round_index,
     )
     artifacts.write_json(candidates_record(result, known, population, round_index), run_dir / CANDIDATES_FILE)
+    if len(population) < settings.population_size:
+        log.warning("round %d: the Pareto front holds %d candidates, fewer than K = %d: the population is "
+                    "the whole front, and each group is spread over %d prompts (unevenly if %d does not "
+                    "divide G)", round_index, len(population), settings.population_size, len(population),
+                    len(population))
     this_round = calls.records
     stats = {
         # every policy rollout GEPA's metric made in this round, over all attempts: what is charged
@@ -530,8 +536,9 @@ def run_fast_round(
         "candidates_before": len(known),
         "candidates_after": len(texts),
         "proposals_accepted": len(texts) - len(known),
+        "population_size": len(population),  # < K when the front is smaller than K
         "proposals_rejected_unparseable": reflection.rejected,
-        "gepa_iterations": state.i + 1,
+        "gepa_iterations": state.i + 1 - meta["iterations_before"],
         "policy_rollout_seconds": round(adapter.seconds, 3),
     }
     return population, stats

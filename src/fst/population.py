@@ -33,7 +33,10 @@ def save_population(members: list[Member], path: Path, round_index: int) -> None
 def spread_over_group(members: list[Member], group_size: int) -> list[Member]:
     """The member used by each rollout of a group: members in turn, heaviest first.
 
-    With K members and G rollouts each member gets G/K rollouts (when K divides G), as in the paper.
+    With K members and G rollouts each member gets G/K rollouts (config validation makes K divide G),
+    as in the paper. A population smaller than K (a Pareto front of fewer candidates: see the fast
+    stage's warning and `population_size` in fast_report.json) is spread in turn, unevenly if its
+    size does not divide G.
     """
     ordered = sorted(members, key=lambda m: -m.weight)
     return [ordered[i % len(ordered)] for i in range(group_size)]

@@ -17,9 +17,10 @@ explicitly in `grpo_args` (never left to a TRL default). Here is only what TRL d
   the KL term, without refill (`slow.zero_variance_groups: drop`): TRL keeps them in the batch, so the
   effective learning rate would move with the share of dead groups. A step whose groups are all dead
   takes no optimiser step (see `_trainer_class`);
-- the loss aggregation (`slow.loss_aggregation`): `token_mean` divides each step's summed token loss by
-  that step's live completion tokens (verl's token-mean); `round_token_mean` is TRL's own normaliser
-  (the round's live tokens / T);
+- the loss aggregation (`slow.loss_aggregation`, see `split_into_steps`): `seq_mean_token_mean`
+  (the method's "token losses averaged per prompt": each completion's token mean, then the mean over
+  the step's live completions; TRL's cispo has only a token sum over a token count), `token_mean`
+  (the step's live tokens, verl's default) or `round_token_mean` (TRL's own: the round's tokens / T);
 - an audit of on-policy-ness: the largest gap between the stored sampling log-probs and the old
   log-probs the trainer recomputes (`sampling/sampling_logp_difference/*`);
 - checkpoint housekeeping across rounds run as separate processes.
@@ -50,6 +51,8 @@ _CUMULATIVE = ("epoch", "num_tokens")
 # Per-step counts: the round's figure is their sum.
 _SUMMED = ("groups/live_groups", "groups/dropped_groups", "groups/zero_variance_groups", "groups/live_tokens",
            "skipped_step")
+# What the Trainer logs for a step even when it took none (a skipped step logs 0): not averaged in.
+_UPDATE_ONLY = ("loss", "grad_norm")
 _STEP_LINE_KEYS = ("loss", "reward", "reward_std", "kl", "entropy", "grad_norm", "learning_rate")
 
 
@@ -86,7 +89,7 @@ class SlowConfig:
     epsilon_high: float
     scale_rewards: str  # "group" | "none"
     zero_variance_groups: str  # "drop" | "keep"
-    loss_aggregation: str  # "token_mean" | "round_token_mean"
+    loss_aggregation: str  # "seq_mean_token_mean" | "token_mean" | "round_token_mean"
     warmup_steps: int
     max_grad_norm: float
     max_completion_length: int
@@ -201,11 +204,15 @@ def stored_reward(completions, stored_reward, **kwargs) -> list[float]:
 def split_into_steps(batch: dict, live: list[bool], cfg: SlowConfig) -> tuple[list[dict], list[dict]]:
     """The round's generation batch as T step batches, with dead groups masked out of the loss.
 
-    TRL's loss mask is completion_mask × tool_mask: a dead row (`zero_variance_groups: drop`) gets a
-    tool_mask of 0, so its tokens leave the policy term, the KL term, their metrics and the
-    normaliser, while the attention mask is untouched. TRL's cispo normaliser is
-    num_items_in_batch / T: each step's num_items_in_batch is set so that it divides by that step's
-    live tokens (token_mean) or by the round's live tokens / T (round_token_mean).
+    TRL's loss is sum(per-token loss × completion_mask × tool_mask) / (num_items_in_batch / T); both
+    factors are ours to set. A dead row (`zero_variance_groups: drop`) gets a tool_mask of 0, so its
+    tokens leave the policy term, the KL term, their metrics and the normaliser, while the attention
+    mask is untouched. The aggregation (`slow.loss_aggregation`):
+    - seq_mean_token_mean: a live row's tool_mask is 1/its length and num_items_in_batch is the step's
+      live rows × T, so each completion's token losses are averaged and the step's loss is the mean
+      over its live completions: a long completion weighs as much as a short one;
+    - token_mean: tool_mask 1, num_items_in_batch the step's live tokens × T;
+    - round_token_mean: tool_mask 1, num_items_in_batch the round's live tokens (TRL's own).
     Returns (step batches, per-step counts of live and dropped groups and live tokens).
     """
     import torch
@@ -213,16 +220,23 @@ def split_into_steps(batch: dict, live: list[bool], cfg: SlowConfig) -> tuple[li
 
     T, G = cfg.steps_per_round, cfg.group_size
     keep = cfg.zero_variance_groups == "keep"
-    rows = torch.tensor([True] * len(live) if keep else live, device=batch["completion_mask"].device)
-    batch = dict(batch, tool_mask=rows[:, None].to(batch["completion_mask"].dtype).expand_as(
-        batch["completion_mask"]).contiguous())
+    completion_mask = batch["completion_mask"]
+    rows = torch.tensor([True] * len(live) if keep else live, device=completion_mask.device)
+    weight = rows.to(torch.float32)
+    if cfg.loss_aggregation == "seq_mean_token_mean":
+        weight = weight / completion_mask.sum(-1).clamp(min=1)
+    batch = dict(batch, tool_mask=weight[:, None].expand_as(completion_mask).contiguous())
     steps = split_tensor_dict(batch, T)
-    round_tokens = (batch["completion_mask"] * batch["tool_mask"]).sum()
+    round_tokens = (completion_mask * rows[:, None]).sum()
     stats = []
-    for step, rows_of_step in zip(steps, torch.chunk(torch.tensor(live), T), strict=True):
-        tokens = (step["completion_mask"] * step["tool_mask"]).sum()
-        step["num_items_in_batch"] = tokens * T if cfg.loss_aggregation == "token_mean" else round_tokens
-        signal = rows_of_step.view(-1, G)[:, 0]  # per group: do its rewards differ?
+    for step, used, signalled in zip(steps, rows.chunk(T), torch.tensor(live).chunk(T), strict=True):
+        tokens = (step["completion_mask"] * used[:, None]).sum()
+        step["num_items_in_batch"] = {
+            "seq_mean_token_mean": used.sum() * T,
+            "token_mean": tokens * T,
+            "round_token_mean": round_tokens,
+        }[cfg.loss_aggregation]
+        signal = signalled.view(-1, G)[:, 0]  # per group: do its rewards differ?
         dropped = 0 if keep else int((~signal).sum())
         stats.append({"live_groups": len(signal) - dropped, "dropped_groups": dropped,
                       "zero_variance_groups": int((~signal).sum()), "live_tokens": int(tokens)})
@@ -436,13 +450,25 @@ def _aggregate(steps: list[dict]) -> dict:
     keys = sorted({k for s in steps for k in s} - {"step"})
     out = {}
     for key in keys:
-        values = [s[key] for s in steps if isinstance(s.get(key), int | float)]
+        counted = [s for s in steps if not (key in _UPDATE_ONLY and s.get("skipped_step"))]
+        values = [s[key] for s in counted if isinstance(s.get(key), int | float)]
         if values:
             if key in _CUMULATIVE:
                 out[key] = values[-1]
             else:
                 out[key] = sum(values) / (1 if key in _SUMMED else len(values))
     return out
+
+
+def round_counts(metrics: dict, cfg: SlowConfig) -> dict[str, int]:
+    """The round's spend for provenance (and the report's RL-steps axis): optimiser steps are the
+    updates made, without the skipped steps whose groups were all dropped; the rollouts trained on
+    are those of the live groups (all groups with `zero_variance_groups: keep`)."""
+    steps = metrics["steps"]  # TRL logs every step (logging_steps=1)
+    skipped = sum(int(s.get("skipped_step", 0)) for s in steps)
+    live_groups = sum(int(s.get("groups/live_groups", 0)) for s in steps if not s.get("skipped_step"))
+    return {"optimizer_steps": len(steps) - skipped, "skipped_steps": skipped,
+            "rollouts_trained": live_groups * cfg.group_size}
 
 
 def run_slow_update(

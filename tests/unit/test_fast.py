@@ -628,6 +628,7 @@ def test_a_gepa_arm_round_under_unchanged_weights_continues_the_search_without_r
     assert state1.program_candidates[:n0] == state0.program_candidates
     assert state1.prog_candidate_val_subscores[:n0] == state0.prog_candidate_val_subscores
     assert stats1["candidates_before"] == n0
+    assert stats1["gepa_iterations"] == state1.i - state0.i > 0  # this round's iterations, not the search's
     assert [r["call_index"] for r in rows1] == list(range(len(_rows(r0)), len(_rows(r0)) + len(rows1)))
     logged = (gepa1 / "metric_calls.jsonl").read_text().splitlines()
     assert len(logged) == len(rows1)  # each round's folder logs the calls of that round

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fst.policy import load_policy
-from fst.slow import LoraSettings, SlowConfig, run_slow_update
+from fst.slow import LoraSettings, SlowConfig, round_counts, run_slow_update
 
 T, B, G = 2, 8, 4
 LORA = LoraSettings(
@@ -29,7 +29,7 @@ CFG = SlowConfig(
     epsilon_high=4.0,
     scale_rewards="group",
     zero_variance_groups="drop",
-    loss_aggregation="token_mean",
+    loss_aggregation="seq_mean_token_mean",
     warmup_steps=0,
     max_grad_norm=1.0,
     max_completion_length=6,
@@ -51,7 +51,8 @@ MIXED_GROUP = 1
 
 
 def _rollout(model, tokenizer, system: str, user: str, seed: int) -> tuple[list, list, list]:
-    """One sampled completion (cut after the first eos) and its log-probs from a forward pass."""
+    """One sampled completion (cut after the first eos, and to 2-6 tokens so that lengths differ, as
+    the loss aggregations then differ) and its log-probs from a forward pass."""
     messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
     prompt_ids = list(prompt["input_ids"])
@@ -62,6 +63,7 @@ def _rollout(model, tokenizer, system: str, user: str, seed: int) -> tuple[list,
     completion = out[0, len(prompt_ids) :].tolist()
     if tokenizer.eos_token_id in completion:
         completion = completion[: completion.index(tokenizer.eos_token_id) + 1]
+    completion = completion[: 2 + seed % 5]
     with torch.no_grad():
         logits = model(torch.tensor([prompt_ids + completion])).logits[0, len(prompt_ids) - 1 : -1]
     logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None])[:, 0]
@@ -272,7 +274,8 @@ def test_advantage_is_normalised_over_the_whole_mixed_group(round0):
 
 def _independent_cispo_losses(record, rows, base, cfg: SlowConfig) -> list[float]:
     """Each step's loss from the method's formula, computed apart from TRL: live groups only,
-    −min(ρ, ε_high)·A·log π + β·k3(π_ref = base), summed over live tokens / the step's live tokens."""
+    −min(ρ, ε_high)·A·log π + β·k3(π_ref = base); averaged per completion then over the step's live
+    completions (seq_mean_token_mean), or summed over live tokens / the step's live tokens."""
     ordered = _ordered(rows)
     rewards = ordered["reward"].to_numpy().reshape(-1, G)
     centred = rewards - rewards.mean(1, keepdims=True)
@@ -283,7 +286,8 @@ def _independent_cispo_losses(record, rows, base, cfg: SlowConfig) -> list[float
     ref = _completion_logps(base, ordered, cfg.temperature)
     losses = []
     for step, logp in enumerate(record["logps"]):
-        total, tokens = 0.0, 0
+        total, count = 0.0, 0
+        per_completion = cfg.loss_aggregation == "seq_mean_token_mean"
         for j in range(B):
             i = step * B + j
             if not live[i]:
@@ -292,8 +296,9 @@ def _independent_cispo_losses(record, rows, base, cfg: SlowConfig) -> list[float
             lp, lp_old = logp[j, :n].double(), old[i, :n].double()
             ratio = torch.clamp(torch.exp(lp - lp_old), max=cfg.epsilon_high)
             token_loss = -ratio * advantages[i] * lp + cfg.beta * _k3(ref[i].double(), lp)
-            total, tokens = total + token_loss.sum().item(), tokens + n
-        losses.append(total / tokens)
+            total += (token_loss.mean() if per_completion else token_loss.sum()).item()
+            count += 1 if per_completion else n
+        losses.append(total / count)
     return losses
 
 
@@ -313,6 +318,18 @@ def test_loss_is_cispo_over_live_groups_normalised_by_their_tokens(rows, tmp_pat
     assert [s["groups/dropped_groups"] for s in steps] == [1, 1]
     assert [s["groups/live_groups"] for s in steps] == [1, 1]
     assert record["metrics"]["groups/dropped_groups"] == len(ZERO_STD_GROUPS)
+
+
+def test_token_mean_divides_each_step_by_its_live_tokens(rows, tmp_path, tiny_model_dir):
+    cfg = replace(CFG, loss_aggregation="token_mean", epsilon_high=1.0, learning_rate=0.05)
+    record = _run_recorded(_write(rows, tmp_path / "scored.parquet"), tiny_model_dir, tiny_model_dir,
+                           tmp_path / "policy", tmp_path / "state", 0, cfg)
+    expected = _independent_cispo_losses(record, rows, load_policy(tiny_model_dir)[0], cfg)
+    assert np.allclose([loss.item() for loss in record["losses"]], expected, rtol=1e-4, atol=1e-6)
+    per_completion = _independent_cispo_losses(
+        record, rows, load_policy(tiny_model_dir)[0], replace(cfg, loss_aggregation="seq_mean_token_mean")
+    )
+    assert not np.allclose(expected, per_completion, rtol=1e-3)  # completions of unequal lengths
 
 
 def test_round_token_mean_divides_by_the_rounds_live_tokens(rows, tmp_path, tiny_model_dir):
@@ -348,15 +365,18 @@ def _round1(round0, rows, tiny_model_dir, cfg: SlowConfig, tmp: Path, scored: pd
 
 
 def _kl_to_base_of_first_step(policy_dir: Path, base_dir: Path, rows: pd.DataFrame, cfg: SlowConfig) -> float:
-    """Mean k3 KL estimate between the round's starting policy and the BASE over step 1's live tokens."""
+    """k3 KL estimate between the round's starting policy and the BASE on step 1's live completions,
+    aggregated as the loss aggregates it (per completion, then the mean; or over all tokens)."""
     ordered = _ordered(rows).iloc[:B]
     live = _live_rows(_ordered(rows))[:B]
     policy, _ = load_policy(policy_dir)
     base, _ = load_policy(base_dir)
     pairs = zip(_completion_logps(policy, ordered, cfg.temperature),
                 _completion_logps(base, ordered, cfg.temperature), live, strict=True)
-    kls = torch.cat([_k3(ref, logp) for logp, ref, keep in pairs if keep])
-    return kls.mean().item()
+    kls = [_k3(ref, logp) for logp, ref, keep in pairs if keep]
+    if cfg.loss_aggregation == "seq_mean_token_mean":
+        return torch.stack([kl.mean() for kl in kls]).mean().item()
+    return torch.cat(kls).mean().item()
 
 
 def test_kl_reference_is_the_base_model_in_later_rounds_lora(round0, rows, tmp_path, tiny_model_dir):
@@ -395,7 +415,22 @@ def test_step_without_live_group_leaves_weights_and_optimizer_unchanged(
         assert torch.equal(state_before["exp_avg"], state_after["exp_avg"])
     metrics = record["metrics"]
     assert metrics["skipped_step"] == T and metrics["groups/dropped_groups"] == len(PLAN)
-    assert metrics["global_step"] == 2 * T  # the steps are counted (the schedule advances)
+    assert metrics["global_step"] == 2 * T  # the schedule advances...
+    assert round_counts(metrics, CFG) == {"optimizer_steps": 0, "skipped_steps": T, "rollouts_trained": 0}
+
+
+def test_a_skipped_step_is_no_optimiser_step_and_does_not_dilute_the_round_loss(
+    rows, tmp_path, tiny_model_dir
+):
+    """Step 2's groups (2, 3) all dead: the round made one update, on one live group's rollouts."""
+    dead_second = rows.assign(reward=np.where(rows["group_index"] >= 2, 0.0, rows["reward"]))
+    record = _run_recorded(_write(dead_second, tmp_path / "scored.parquet"), tiny_model_dir, tiny_model_dir,
+                           tmp_path / "policy", tmp_path / "state", 0, CFG)
+    metrics = record["metrics"]
+    assert [s["skipped_step"] for s in metrics["steps"]] == [0, 1]
+    assert round_counts(metrics, CFG) == {"optimizer_steps": 1, "skipped_steps": 1, "rollouts_trained": G}
+    assert metrics["loss"] == pytest.approx(metrics["steps"][0]["loss"])
+    assert metrics["grad_norm"] == pytest.approx(metrics["steps"][0]["grad_norm"])
 
 
 def test_rollouts_sampled_by_the_rollout_stage_are_on_policy_for_the_trainer(tiny, tiny_model_dir, tmp_path):
