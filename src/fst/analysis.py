@@ -1,8 +1,9 @@
 """The paper's questions answered from an experiment's summary table (fst.summary.collect).
 
-Sample efficiency, ceiling, drift at matched reward and out-of-domain accuracy, per sweep point, per
-seed and on the mean over seeds. Pure pandas/numpy/scipy on files already written: every number here
-can be recomputed from the evaluation and provenance files it came from.
+Sample efficiency, ceiling, drift at matched reward, out-of-domain accuracy, the held-out test split
+and which differences are inside the noise, per sweep point, per seed and on the mean over seeds.
+Pure pandas/numpy/scipy on files already written: every number here can be recomputed from the
+evaluation and provenance files it came from.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+
+from fst.evaluate import Bootstrap, bootstrap_interval
 
 REFERENCE_ARM = "rl"
 STEP_AXES = ("rl_steps", "policy_rollouts")
@@ -30,12 +33,43 @@ def with_validation_metric(summary: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     When evaluation.k is swept, points carry different names (mean@2, mean@4): they become one
     metric "mean@k" so that points compare, each point keeping its own k.
     """
+    if "split" in summary.columns and (summary["split"] == "test").any():
+        summary = summary[summary["split"] != "test"]
     names = sorted(m for m in summary["metric"].unique() if m.startswith("mean@"))
     if not names:
         raise ValueError("the summary has no validation mean@k rows: were the evaluations written?")
     if len(names) == 1:
         return summary, names[0]
     return summary.assign(metric=summary["metric"].where(~summary["metric"].isin(names), "mean@k")), "mean@k"
+
+
+def test_split(summary: pd.DataFrame) -> pd.DataFrame:
+    """The held-out test rows of the summary (split "test"), mean@k named as in with_validation_metric."""
+    if "split" not in summary.columns:
+        return pd.DataFrame()
+    rows = summary[summary["split"] == "test"]
+    if rows["metric"].nunique() > 1:  # evaluation.k swept: mean@2, mean@4, ... become mean@k
+        rows = rows.assign(metric="mean@k")
+    return rows
+
+
+def test_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """Test mean@k per (point, arm, selection): mean over seeds, the rounds chosen and the per-run
+    bootstrap interval over test problems (averaged over seeds when there are several)."""
+    rows = test_split(summary)
+    if rows.empty:
+        return pd.DataFrame()
+    group = rows.groupby(["point", "arm", "selection"], sort=True)
+    table = group.agg(
+        after_rounds=("after_rounds", lambda r: ",".join(str(v) for v in sorted(set(r)))),
+        val_value=("val_value", "mean"),
+        test_value=("value", "mean"),
+        ci95_low=("ci95_low", "mean"),
+        ci95_high=("ci95_high", "mean"),
+        seeds=("seed", "nunique"),
+        problems=("n", "first"),
+    ).reset_index()
+    return table
 
 
 def curves(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -167,12 +201,17 @@ def sigmoid(compute, r0: float, a: float, b: float, c_mid: float):
     return r0 + (a - r0) / (1.0 + scale)
 
 
-def fit_ceiling(compute, reward, min_points: int = 5) -> dict:
-    """Fit the sigmoid; A is the ceiling. Too few distinct compute values give a warning, no number."""
+def fit_ceiling(compute, reward, min_points: int = 5, rounds=None) -> dict:
+    """Fit the sigmoid; A is the ceiling. Too few evaluation rounds give a warning, no number.
+
+    The guard counts evaluation rounds (distinct `rounds`, i.e. after_rounds): compute values pooled
+    over seeds differ from seed to seed for arms that run GEPA, and would pass it with fewer rounds
+    than an arm whose seeds spend the same compute. Without `rounds`, distinct compute values count.
+    """
     from scipy.optimize import curve_fit
 
     compute, reward = np.asarray(compute, dtype=float), np.asarray(reward, dtype=float)
-    distinct = len(np.unique(compute))
+    distinct = len(np.unique(compute if rounds is None else np.asarray(rounds)))
     empty = {
         "r0": np.nan,
         "ceiling": np.nan,
@@ -183,7 +222,7 @@ def fit_ceiling(compute, reward, min_points: int = 5) -> dict:
     }
     if distinct < min_points:
         return empty | {
-            "warning": f"{distinct} evaluation points; the 4-parameter fit needs at least "
+            "warning": f"{distinct} evaluation rounds; the 4-parameter fit needs at least "
             f"{min_points}: run more rounds (or evaluate more often) for a ceiling"
         }
     positive = compute[compute > 0]
@@ -212,20 +251,25 @@ def fit_ceiling(compute, reward, min_points: int = 5) -> dict:
 
 
 def ceiling_table(summary: pd.DataFrame, metric: str, min_points: int) -> pd.DataFrame:
-    """The ceiling fit per (point, arm) on every seed's evaluation points, compute = policy rollouts."""
+    """The ceiling fit per (point, arm) on every seed's evaluation points, compute = policy rollouts;
+    `points` is the number of evaluation rounds (what min_points is compared with)."""
     rows = summary[summary["metric"] == metric]
     records = [
         {"point": point, "arm": arm, "axis": "policy_rollouts"}
-        | fit_ceiling(runs["policy_rollouts"], runs["value"], min_points)
+        | fit_ceiling(runs["policy_rollouts"], runs["value"], min_points, runs["after_rounds"])
         for (point, arm), runs in rows.groupby(["point", "arm"], sort=True)
     ]
     return pd.DataFrame(records)
 
 
+KL_METRICS = ("kl_to_base", "kl_to_base_own_prompt")  # seed-prompt context (the definition), own prompt
+
+
 def reward_and_kl(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (point, arm, after_rounds): mean over seeds of the validation reward and of KL to base."""
+    """Per (point, arm, after_rounds): mean over seeds of the validation reward and of KL to base,
+    in the seed prompt's context (kl_to_base) and, where measured, the arm's own (kl_to_base_own_prompt)."""
     means = (
-        summary[summary["metric"].isin([metric, "kl_to_base"])]
+        summary[summary["metric"].isin([metric, *KL_METRICS])]
         .groupby(["point", "arm", "after_rounds", "metric"])["value"]
         .mean()
         .unstack("metric")
@@ -253,7 +297,8 @@ def drift_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     The matched level is the highest reward that every weight-training arm reaches after training
     (the lowest of their peaks over rounds >= 1); each arm's KL is taken where its path of evaluation
     points first crosses that level (kl_at_reward).
-    kl_reduction_vs_rl = 1 − KL_arm / KL_rl (0.7 = 70% less drift).
+    kl_reduction_vs_rl = 1 − KL_arm / KL_rl (0.7 = 70% less drift), on kl_to_base (seed-prompt context,
+    the one definition); kl_to_base_own_prompt is the same crossing in the arm's own prompt's context.
     """
     records = []
     for point, rows in reward_and_kl(summary, metric).groupby("point", sort=True):
@@ -266,16 +311,18 @@ def drift_table(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
             path = rows[rows["arm"] == arm].sort_values("after_rounds")
             rewards, kls = path["reward"].to_numpy(), path["kl_to_base"].to_numpy()
             reached, kl = kl_at_reward(rewards, kls, level)
-            point_records.append(
-                {
-                    "point": point,
-                    "arm": arm,
-                    "matched_reward": level,
-                    "after_rounds": int(path["after_rounds"].iloc[reached]),
-                    "kl_to_base": kl,
-                    "final_kl_to_base": float(path["kl_to_base"].iloc[-1]),
-                }
-            )
+            record = {
+                "point": point,
+                "arm": arm,
+                "matched_reward": level,
+                "after_rounds": int(path["after_rounds"].iloc[reached]),
+                "kl_to_base": kl,
+                "final_kl_to_base": float(path["kl_to_base"].iloc[-1]),
+            }
+            if "kl_to_base_own_prompt" in path:
+                own = path["kl_to_base_own_prompt"].to_numpy()
+                record["kl_to_base_own_prompt"] = kl_at_reward(rewards, own, level)[1]
+            point_records.append(record)
         reference = {r["arm"]: r["kl_to_base"] for r in point_records}.get(REFERENCE_ARM)
         for record in point_records:
             record["kl_reduction_vs_rl"] = 1 - record["kl_to_base"] / reference if reference else float("nan")
@@ -341,3 +388,78 @@ def posthoc_table(summary: pd.DataFrame, metric: str, posthoc: pd.DataFrame) -> 
         record["seeds"] = rows["seed"].nunique()
         records.append(record)
     return pd.DataFrame(records)
+
+
+def _problem_means(scores: pd.DataFrame, keys: list[str]) -> dict:
+    """{key values: per-problem score averaged over seeds (a Series indexed by task, problem_id)}."""
+    means = scores.groupby([*keys, "task", "problem_id"])["score"].mean()
+    return {key: group.droplevel(list(range(len(keys)))) for key, group in means.groupby(level=keys)}
+
+
+def problem_intervals(scores: pd.DataFrame, bootstrap: Bootstrap) -> pd.DataFrame:
+    """Per (point, arm, after_rounds): the 95% bootstrap interval over problems of the validation mean
+    (per-problem scores averaged over seeds first), the interval a single seed's curve has."""
+    records = []
+    for (point, arm, after), values in _problem_means(scores, ["point", "arm", "after_rounds"]).items():
+        low, high = bootstrap_interval(values.to_numpy(), bootstrap)
+        records.append({"point": point, "arm": arm, "after_rounds": after,
+                        "problems_ci95_low": low, "problems_ci95_high": high})
+    columns = ["point", "arm", "after_rounds", "problems_ci95_low", "problems_ci95_high"]
+    return pd.DataFrame(records, columns=columns)
+
+
+def paired_difference(a: pd.Series, b: pd.Series, bootstrap: Bootstrap) -> dict:
+    """mean(a) − mean(b) over the problems both have, with its paired 95% bootstrap interval (the
+    problems are resampled together, so the interval is that of the per-problem differences' mean)."""
+    a, b = a.align(b, join="inner")
+    difference = (a - b).to_numpy()
+    low, high = bootstrap_interval(difference, bootstrap)
+    inside = bool(low <= 0 <= high) if not np.isnan(low) else True
+    return {
+        "a": float(a.mean()),
+        "b": float(b.mean()),
+        "difference": float(difference.mean()) if len(difference) else float("nan"),
+        "ci95_low": low,
+        "ci95_high": high,
+        "problems": len(difference),
+        "inside_noise": inside,
+        "verdict": "inside the noise" if inside else "outside the noise",
+    }
+
+
+def differences_table(scores: pd.DataFrame, cell_scores: pd.DataFrame, bootstrap: Bootstrap) -> pd.DataFrame:
+    """Which differences are inside the noise: paired bootstrap over the same validation problems.
+
+    fst − rl and gepa − rl at every round, final − start per arm, and each decomposition cell −
+    base weights + seed prompt. Per-problem scores are averaged over seeds first. `inside_noise` when
+    the difference's 95% interval contains 0.
+    """
+    records = []
+    by_round = _problem_means(scores, ["point", "arm", "after_rounds"]) if not scores.empty else {}
+    for point in sorted({key[0] for key in by_round}):
+        rounds = sorted({key[2] for key in by_round if key[0] == point})
+        arms = sorted({key[1] for key in by_round if key[0] == point})
+        for arm in (a for a in ("fst", "gepa") if a in arms and REFERENCE_ARM in arms):
+            for after in rounds:
+                if (point, arm, after) in by_round and (point, REFERENCE_ARM, after) in by_round:
+                    records.append({"point": point, "comparison": f"{arm} − {REFERENCE_ARM}",
+                                    "after_rounds": after}
+                                   | paired_difference(by_round[point, arm, after],
+                                                       by_round[point, REFERENCE_ARM, after], bootstrap))
+        for arm in arms:
+            start, final = min(rounds), max(rounds)
+            if final > start and (point, arm, final) in by_round and (point, arm, start) in by_round:
+                records.append({"point": point, "comparison": f"{arm}: final − start", "after_rounds": final}
+                               | paired_difference(by_round[point, arm, final], by_round[point, arm, start],
+                                                   bootstrap))
+    if not cell_scores.empty:
+        cells = _problem_means(cell_scores, ["point", "weights", "prompt"])
+        for (point, weights, prompt), values in sorted(cells.items()):
+            if (weights, prompt) == ("base", "seed") or (point, "base", "seed") not in cells:
+                continue
+            comparison = f"decomposition: {weights} weights + {prompt} prompt − base weights + seed prompt"
+            records.append({"point": point, "comparison": comparison, "after_rounds": pd.NA}
+                           | paired_difference(values, cells[point, "base", "seed"], bootstrap))
+    columns = ["point", "comparison", "after_rounds", "a", "b", "difference", "ci95_low", "ci95_high",
+               "problems", "inside_noise", "verdict"]
+    return pd.DataFrame(records, columns=columns)

@@ -243,18 +243,25 @@ def cmd_slow(args) -> None:
     prov.write(args.provenance, {"policy": args.out, "metrics": args.metrics})
 
 
+def _bootstrap(cfg: dict):
+    from fst.evaluate import Bootstrap
+
+    return Bootstrap(cfg["bootstrap_resamples"], cfg["bootstrap_seed"])
+
+
 def cmd_evaluate(args) -> None:
     """Evaluation stage: validation mean@k, KL to the base model, out-of-domain accuracy."""
     import pandas as pd
 
     from fst.data import load_split
-    from fst.evaluate import evaluate
+    from fst.evaluate import evaluate, evaluation_seed
     from fst.policy import load_policy
     from fst.population import best_member, load_population
     from fst.tasks.splits import frame_to_problems
 
     cfg = _json(args.settings)
-    inputs = {"policy": args.policy, "population": args.population, "data": args.data}
+    inputs = {"policy": args.policy, "population": args.population,
+              "seed_population": args.seed_population, "data": args.data}
     prov = Provenance("evaluate", inputs, cfg, seed=args.seed)
     model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
     base = None
@@ -275,10 +282,12 @@ def cmd_evaluate(args) -> None:
             base,
             load_split(args.data, "val"),
             best_member(load_population(args.population)),
+            best_member(load_population(args.seed_population)),
             ood,
             cfg["k"],
             settings,
-            seed=args.seed * 1_000_003 + 500_000 + args.after_rounds,
+            seed=evaluation_seed(args.seed),
+            bootstrap=_bootstrap(cfg),
         )
     table.insert(0, "after_rounds", args.after_rounds)
     artifacts.write_parquet(table, args.out)
@@ -290,10 +299,59 @@ def cmd_evaluate(args) -> None:
         log.info("%s %s %s = %.4f (n=%d)", row.task, row.setting, row.metric, row.value, row.n)
 
 
+def cmd_evaluate_test(args) -> None:
+    """Test stage: held-out test mean@k at the final round and at the round validation selects."""
+    import pandas as pd
+
+    from fst.data import load_split
+    from fst.evaluate import evaluate_test, evaluation_seed, select_round
+    from fst.population import best_member, load_population
+
+    cfg = _json(args.settings)
+    if not len(args.evals) == len(args.policies) == len(args.populations):
+        raise SystemExit("evaluate-test: one policy and one population per validation evaluation")
+    states = {}  # after_rounds -> (validation mean@k, policy, population)
+    for eval_path, policy, population in zip(args.evals, args.policies, args.populations, strict=True):
+        table = pd.read_parquet(eval_path)
+        (value,) = table[table["metric"] == f"mean@{cfg['k']}"]["value"]
+        states[int(table["after_rounds"].iloc[0])] = (float(value), policy, population)
+    final = max(states)
+    chosen = {"final": final, "selected": select_round({r: v for r, (v, _, _) in states.items()})}
+    inputs = {"data": args.data} | {f"eval_after{r}": Path(args.evals[i]) for i, r in enumerate(states)}
+    inputs |= {f"policy_after{r}": states[r][1] for r in sorted(set(chosen.values()))}
+    inputs |= {f"population_after{r}": states[r][2] for r in sorted(set(chosen.values()))}
+    prov = Provenance("evaluate_test", inputs, cfg, seed=args.seed)
+    test = load_split(args.data, "test")
+    rows, frames, done = [], [], {}
+    for selection, after in chosen.items():
+        if after not in done:
+            _, policy, population = states[after]
+            model, tokenizer = _load_model(policy, cfg["dtype"], prov)
+            with prov.timed(f"generate_and_score_after{after}"):
+                done[after] = evaluate_test(
+                    model, tokenizer, test, best_member(load_population(population)), cfg["k"],
+                    _sampling_settings(cfg), evaluation_seed(args.seed), _bootstrap(cfg),
+                )
+            frames.append(done[after][1].assign(after_rounds=after))
+        table = done[after][0].assign(selection=selection, after_rounds=after, split="test",
+                                      val_value=states[after][0])
+        rows.append(table)
+        log.info("test %s (after %d rounds): %.4f", selection, after, table["value"].iloc[0])
+    first = ["selection", "after_rounds", "split"]
+    table = pd.concat(rows, ignore_index=True)
+    artifacts.write_parquet(table[first + [c for c in table.columns if c not in first]], args.out)
+    samples = pd.concat(frames, ignore_index=True)
+    artifacts.write_parquet(samples, args.samples)
+    prov.count(eval_rollouts=len(samples))
+    prov.record["selected_after_rounds"] = chosen["selected"]
+    prov.record["timings_s"]["process_start"] = args.process_start
+    prov.write(args.provenance, {"test": args.out, "samples": args.samples})
+
+
 def cmd_decompose(args) -> None:
     """Channel decomposition: {base, trained} weights x {seed, evolved} prompt, validation mean@k."""
     from fst.data import load_split
-    from fst.evaluate import channel_decomposition
+    from fst.evaluate import channel_decomposition, evaluation_seed
     from fst.policy import load_policy
     from fst.population import best_member, load_population
 
@@ -310,7 +368,7 @@ def cmd_decompose(args) -> None:
     with prov.timed("generate_and_score"):
         table, samples = channel_decomposition(
             {"base": base, "trained": trained}, tokenizer, load_split(args.data, "val"), prompts, cfg["k"],
-            settings, seed=args.seed * 1_000_003 + 800_000,
+            settings, seed=evaluation_seed(args.seed), bootstrap=_bootstrap(cfg),
         )
     table.insert(0, "after_rounds", args.after_rounds)
     artifacts.write_parquet(table, args.out)
@@ -331,6 +389,21 @@ def _quick_tracking_failure() -> None:
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
+def _eval_metrics(table, prefix: str) -> dict[str, float]:
+    """MLflow metrics of an evaluation table: each value, and its 95% interval where it has one."""
+    import math
+
+    metrics = {}
+    for row in table.itertuples():
+        name = f"{prefix}{row.task}/{row.setting}/{row.metric}"
+        metrics[name] = float(row.value)
+        for bound in ("ci95_low", "ci95_high"):
+            value = getattr(row, bound, float("nan"))
+            if not math.isnan(value):
+                metrics[f"{name}/{bound}"] = float(value)
+    return metrics
+
+
 def cmd_track(args) -> None:
     """Mirror one evaluation point (and the slow metrics that led to it) into MLflow; never fails.
 
@@ -344,7 +417,12 @@ def cmd_track(args) -> None:
 
     _quick_tracking_failure()
     table = pd.read_parquet(args.eval)
-    metrics = {f"{r.task}/{r.setting}/{r.metric}": float(r.value) for r in table.itertuples()}
+    metrics = _eval_metrics(table, "")
+    if args.test:  # the held-out test split, mirrored with the final evaluation point
+        test = pd.read_parquet(args.test)
+        for selection, rows in test.groupby("selection"):
+            metrics |= _eval_metrics(rows, f"test/{selection}/")
+            metrics[f"test/{selection}/after_rounds"] = float(rows["after_rounds"].iloc[0])
     if args.slow_metrics:
         slow = artifacts.read_json(args.slow_metrics)
         metrics.update({f"train/{k}": float(v) for k, v in slow.items() if isinstance(v, int | float)})
@@ -360,7 +438,8 @@ def cmd_track(args) -> None:
         "step": args.after_rounds,
         "extra_steps": {"rl_steps": sum(s.rl_steps for s in spent),
                         "rollouts": sum(s.policy_rollouts for s in spent)},
-        "artifacts": [str(args.eval), *([str(args.population)] if args.population else [])],
+        "artifacts": [str(args.eval), *([str(args.population)] if args.population else []),
+                      *([str(args.test)] if args.test else [])],
     }
     uri = resolve_tracking_uri(args.uri, Path(args.results_dir))
     status = mirror_round(uri, **payload)
@@ -401,19 +480,22 @@ def cmd_sync_tracking(args) -> None:
 
 def cmd_summarize(args) -> None:
     """Summary stage: all runs' evaluations in one table, with RL steps and policy rollouts spent."""
-    from fst.summary import collect
+    from fst.summary import collect, problem_scores
 
-    artifacts.write_parquet(collect(args.evals, args.round_provenance), args.out)
+    artifacts.write_parquet(collect(args.evals, args.round_provenance, args.tests), args.out)
+    artifacts.write_parquet(problem_scores(args.samples), args.scores)
 
 
 def cmd_report(args) -> None:
     """Report stage: sample efficiency, ceiling, drift, OOD, decomposition: tables, figures, Markdown."""
     from fst import report
+    from fst.evaluate import Bootstrap
 
     figure_files = dict(zip(report.FIGURES, map(Path, args.figures), strict=True))
     posthoc = report.read_posthoc(args.posthoc_evals, args.posthoc_provenance)
     report.build(args.experiment, Path(args.summary), args.decomposition, posthoc, Path(args.tables),
-                 figure_files, Path(args.markdown), args.min_fit_points)
+                 figure_files, Path(args.markdown), args.min_fit_points, Path(args.scores),
+                 args.decomposition_samples, Bootstrap(args.bootstrap_resamples, args.bootstrap_seed))
 
 
 def cmd_config(args) -> None:
@@ -443,7 +525,12 @@ _STAGES = {
     ),
     "evaluate": (
         cmd_evaluate,
-        "policy population base_model data ood* after_rounds:int seed:int settings out samples provenance",
+        "policy population seed_population base_model data ood* after_rounds:int seed:int settings out "
+        "samples provenance",
+    ),
+    "evaluate-test": (
+        cmd_evaluate_test,
+        "evals+ policies+ populations+ data seed:int settings out samples provenance",
     ),
     "decompose": (
         cmd_decompose,
@@ -452,15 +539,15 @@ _STAGES = {
     ),
     "track": (
         cmd_track,
-        "eval population? slow_metrics? round_provenance* results_dir experiment point arm seed:int "
+        "eval population? slow_metrics? test? round_provenance* results_dir experiment point arm seed:int "
         "after_rounds:int params uri? out",
     ),
     "sync-tracking": (cmd_sync_tracking, "tracked+ files* results_dir experiment uri? out"),
-    "summarize": (cmd_summarize, "evals+ round_provenance* out"),
+    "summarize": (cmd_summarize, "evals+ tests* samples* round_provenance* out scores"),
     "report": (
         cmd_report,
-        "experiment summary decomposition* posthoc_evals* posthoc_provenance* min_fit_points:int tables "
-        "figures+ markdown",
+        "experiment summary scores decomposition* decomposition_samples* bootstrap_resamples:int "
+        "bootstrap_seed:int posthoc_evals* posthoc_provenance* min_fit_points:int tables figures+ markdown",
     ),
 }
 

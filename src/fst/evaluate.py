@@ -1,14 +1,27 @@
 """Evaluation stage: validation mean@k with the arm's prompt, KL to the base model, out-of-domain.
 
-KL(π_θ ‖ π_base) is measured token by token on the policy's own validation samples, as the exact
-sum over the vocabulary at each position (lower variance than the sampled log-ratio), averaged over
-completion tokens. TRL's own `kl` is against the round's reference model, not the base: see notes.
+One definition of drift for every arm (`kl_to_base`): the token-level KL(π_θ ‖ π_base) between the
+temperature-τ distributions softmax(logits / τ), τ = rollout.temperature, on completions sampled
+from π_θ at τ, in the context of the SEED prompt, summed exactly over the vocabulary at each position
+(lower variance than the sampled log-ratio) and averaged over completion tokens. The same quantity in
+the context of the arm's own prompt is `kl_to_base_own_prompt`. Frozen base weights (arm gepa) have
+KL exactly 0 under this definition, written without sampling. TRL's own `kl` is against the round's
+reference model, not the base: see notes.
+
+Common random numbers: every evaluation of a run (each round, the channel decomposition, post-hoc
+GEPA, the test split) samples with one seed, `evaluation_seed(run seed)`, so two evaluation points
+differ only by weights and prompt: the same weights and prompt give the same numbers.
+
+Intervals: every fraction (mean@k, truncated, greedy accuracy) gets a 95% percentile bootstrap
+interval over problems (scipy.stats.bootstrap, fixed seed), in columns ci95_low / ci95_high.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from fst.generation import SamplingSettings, chat_prompt_ids, sample
@@ -17,6 +30,53 @@ from fst.tasks import Problem, score_reply
 
 log = logging.getLogger(__name__)
 NO_PROMPT = ""
+METRIC_COLUMNS = ["task", "setting", "metric", "value", "n", "ci95_low", "ci95_high"]
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """The percentile bootstrap behind every interval: resamples and a fixed seed (reproducible)."""
+
+    resamples: int
+    seed: int
+
+
+def evaluation_seed(run_seed: int) -> int:
+    """The one sampling seed of every evaluation of a run (common random numbers across its points)."""
+    return run_seed * 1_000_003 + 500_000
+
+
+def bootstrap_interval(values, bootstrap: Bootstrap) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the mean of `values` (one value per problem).
+
+    NaN with fewer than two values; the value itself when all values are equal (nothing to resample).
+    """
+    from scipy.stats import bootstrap as scipy_bootstrap
+
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return float("nan"), float("nan")
+    if np.ptp(values) == 0:
+        return float(values[0]), float(values[0])
+    result = scipy_bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=bootstrap.resamples,
+        confidence_level=0.95,
+        method="percentile",
+        rng=np.random.default_rng(bootstrap.seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def per_problem(samples: pd.DataFrame, column: str = "reward") -> pd.Series:
+    """Mean of `column` per problem (over its k samples), in the problems' order."""
+    return samples.groupby("problem_id", sort=False)[column].mean()
+
+
+def _row(task, setting, metric, per_problem_values: pd.Series, bootstrap: Bootstrap) -> tuple:
+    low, high = bootstrap_interval(per_problem_values, bootstrap)
+    return (task, setting, metric, float(per_problem_values.mean()), len(per_problem_values), low, high)
 
 
 def _score_samples(problems, prompts, completions, system_text, label) -> pd.DataFrame:
@@ -47,8 +107,9 @@ def sample_and_score(model, tokenizer, problems, system_text, repeats, settings,
     return _score_samples(expanded, prompts, completions, system_text, label)
 
 
-def token_kl(model, base, samples: pd.DataFrame, batch_size: int = 16) -> float:
-    """Mean over completion tokens of KL(model ‖ base) at each position (full vocabulary)."""
+def token_kl(model, base, samples: pd.DataFrame, temperature: float, batch_size: int = 16) -> float:
+    """Mean over completion tokens of KL(model_τ ‖ base_τ) at each position (full vocabulary), where
+    model_τ = softmax(logits / τ) is the distribution the completions were sampled from."""
     import torch
 
     total, count = 0.0, 0
@@ -70,8 +131,9 @@ def token_kl(model, base, samples: pd.DataFrame, batch_size: int = 16) -> float:
             # logits at position t predict token t+1: completion tokens are predicted from len(prompt)-1
             targets[row, len(prompt) - 1 : len(seq) - 1] = True
         with torch.inference_mode():
-            logp = model(input_ids=ids, attention_mask=attention).logits.float().log_softmax(-1)
-            logq = base(input_ids=ids, attention_mask=attention).logits.float().log_softmax(-1)
+            logits_p = model(input_ids=ids, attention_mask=attention).logits.float() / temperature
+            logits_q = base(input_ids=ids, attention_mask=attention).logits.float() / temperature
+            logp, logq = logits_p.log_softmax(-1), logits_q.log_softmax(-1)
         kl = (logp.exp() * (logp - logq)).sum(-1)
         total += kl[targets].sum().item()
         count += int(targets.sum())
@@ -84,50 +146,80 @@ def evaluate(
     base_model,
     val: list[Problem],
     member: Member,
+    seed_member: Member,
     ood: dict[str, list[Problem]],
     k: int,
     settings: SamplingSettings,
     seed: int,
+    bootstrap: Bootstrap,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Returns (metrics: one row per task/setting/metric, samples: every scored completion).
 
-    `base_model` None means the policy is the base model itself (KL is then exactly 0).
+    `member` is the arm's prompt, `seed_member` the seed prompt (the context of `kl_to_base`).
+    `base_model` None means the policy is the base model itself (KL is then exactly 0, not sampled).
     """
-    val_samples = sample_and_score(
-        model, tokenizer, val, member.text, k, settings, seed, f"prompt:{member.id}"
-    )
+    task, own = val[0].task, f"prompt:{member.id}"
+    val_samples = sample_and_score(model, tokenizer, val, member.text, k, settings, seed, own)
+    truncated = val_samples.assign(length=(val_samples["finish_reason"] == "length").astype(float))
     metrics = [
-        (val[0].task, f"prompt:{member.id}", f"mean@{k}", val_samples["reward"].mean(), len(val)),
-        (
-            val[0].task,
-            f"prompt:{member.id}",
-            "truncated",
-            (val_samples["finish_reason"] == "length").mean(),
-            len(val),
-        ),
+        _row(task, own, f"mean@{k}", per_problem(val_samples), bootstrap),
+        _row(task, own, "truncated", per_problem(truncated, "length"), bootstrap),
     ]
-    kl = 0.0 if base_model is None else token_kl(model, base_model, val_samples)
-    metrics.append((val[0].task, f"prompt:{member.id}", "kl_to_base", kl, len(val)))
-    greedy = SamplingSettings(settings.max_new_tokens, 0.0, settings.batch_size)
     frames = [val_samples]
-    for task, problems in ood.items():
+    context = f"prompt:{seed_member.id}"
+    if base_model is None:
+        kl = own_kl = 0.0
+    else:
+        own_kl = token_kl(model, base_model, val_samples, settings.temperature)
+        if member.text == seed_member.text:
+            kl = own_kl
+        else:  # the seed prompt's context: sampled from π_θ at τ with the same seed
+            seed_samples = sample_and_score(
+                model, tokenizer, val, seed_member.text, k, settings, seed, f"kl_context:{context}"
+            )
+            frames.append(seed_samples)
+            kl = token_kl(model, base_model, seed_samples, settings.temperature)
+    nan = float("nan")
+    metrics.append((task, context, "kl_to_base", kl, len(val), nan, nan))
+    metrics.append((task, own, "kl_to_base_own_prompt", own_kl, len(val), nan, nan))
+    greedy = SamplingSettings(settings.max_new_tokens, 0.0, settings.batch_size)
+    for ood_task, problems in ood.items():
         ood_samples = sample_and_score(model, tokenizer, problems, NO_PROMPT, 1, greedy, seed, "none")
         frames.append(ood_samples)
-        metrics.append((task, "none", "greedy_accuracy", ood_samples["reward"].mean(), len(problems)))
-        log.info("ood %s: %.3f", task, ood_samples["reward"].mean())
-    table = pd.DataFrame(metrics, columns=["task", "setting", "metric", "value", "n"])
+        metrics.append(_row(ood_task, "none", "greedy_accuracy", per_problem(ood_samples), bootstrap))
+        log.info("ood %s: %.3f", ood_task, ood_samples["reward"].mean())
+    table = pd.DataFrame(metrics, columns=METRIC_COLUMNS)
     return table, pd.concat(frames, ignore_index=True)
+
+
+def select_round(validation: dict[int, float]) -> int:
+    """The round a validation curve selects: its running maximum's argmax, the earliest on ties."""
+    rounds = sorted(validation)
+    values = np.array([validation[r] for r in rounds])
+    return rounds[int(np.argmax(values))]
+
+
+def evaluate_test(
+    model, tokenizer, test: list[Problem], member: Member, k: int, settings: SamplingSettings, seed: int,
+    bootstrap: Bootstrap,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Held-out test mean@k of one weights/prompt pair: (one metric row, the scored samples)."""
+    setting = f"prompt:{member.id}"
+    samples = sample_and_score(model, tokenizer, test, member.text, k, settings, seed, setting)
+    row = _row(test[0].task, setting, f"mean@{k}", per_problem(samples), bootstrap)
+    return pd.DataFrame([row], columns=METRIC_COLUMNS), samples
 
 
 def channel_decomposition(
     weights: dict, tokenizer, val: list[Problem], prompts: dict[str, Member], k: int,
-    settings: SamplingSettings, seed: int,
+    settings: SamplingSettings, seed: int, bootstrap: Bootstrap,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validation mean@k of every {weights} x {prompt} combination, with one sampling seed for all.
 
     `weights` maps a name ("base", "trained") to a model, `prompts` a name ("seed", "evolved") to a
-    population member. A shared seed (common random numbers) makes the cells' differences due to
-    weights and prompt rather than to the draw.
+    population member. The run's evaluation seed (common random numbers) makes the cells' differences
+    due to weights and prompt rather than to the draw, and the base-weights + seed-prompt cell equal to
+    the run's evaluation before any training.
     """
     rows, frames = [], []
     for weights_name, model in weights.items():
@@ -137,8 +229,8 @@ def channel_decomposition(
             samples.insert(0, "weights", weights_name)
             samples.insert(1, "prompt", prompt_name)
             frames.append(samples)
-            value = samples["reward"].mean()
-            rows.append((weights_name, prompt_name, member.id, val[0].task, f"mean@{k}", value, len(val)))
-            log.info("decomposition %s weights x %s prompt: %.4f", weights_name, prompt_name, value)
-    table = pd.DataFrame(rows, columns=["weights", "prompt", "member_id", "task", "metric", "value", "n"])
-    return table, pd.concat(frames, ignore_index=True)
+            row = _row(val[0].task, label, f"mean@{k}", per_problem(samples), bootstrap)
+            rows.append((weights_name, prompt_name, member.id, *row[:1], *row[2:]))
+            log.info("decomposition %s weights x %s prompt: %.4f", weights_name, prompt_name, row[3])
+    columns = ["weights", "prompt", "member_id", "task", "metric", "value", "n", "ci95_low", "ci95_high"]
+    return pd.DataFrame(rows, columns=columns), pd.concat(frames, ignore_index=True)

@@ -63,6 +63,14 @@ def _save(fig, out: Path):
     return fig
 
 
+def _band(curve: pd.DataFrame):
+    """The 95% band of a curve: over seeds where there are several, else over problems (bootstrap)."""
+    low, high = curve["ci95_low"], curve["ci95_high"]
+    if "problems_ci95_low" in curve:
+        low, high = low.fillna(curve["problems_ci95_low"]), high.fillna(curve["problems_ci95_high"])
+    return low, high
+
+
 def reward_curves(
     summary: pd.DataFrame, curves: pd.DataFrame, efficiency: pd.DataFrame, axis: str, out: Path
 ):
@@ -77,7 +85,8 @@ def reward_curves(
             colour = ARM_COLOURS.get(arm)
             curve = curve.sort_values("after_rounds")
             ax.plot(curve[axis], curve["mean"], marker="o", linewidth=2, color=colour, label=arm)
-            ax.fill_between(curve[axis], curve["ci95_low"], curve["ci95_high"], color=colour, alpha=0.15)
+            low, high = _band(curve)
+            ax.fill_between(curve[axis], low, high, color=colour, alpha=0.15)
             runs = seeds[(seeds["point"] == point) & (seeds["arm"] == arm)]
             if runs["seed"].nunique() > 1:
                 for _, run in runs.groupby("seed"):
@@ -109,38 +118,55 @@ def reward_curves(
     return _save(fig, out)
 
 
+KL_CONTEXTS = {
+    "kl_to_base": "seed prompt's context (the definition)",
+    "kl_to_base_own_prompt": "arm's own prompt's context",
+}
+
+
 def kl_vs_reward(summary: pd.DataFrame, metric: str, drift: pd.DataFrame, out: Path):
-    """KL to the base model against validation reward, one line per arm in round order (numbered)."""
+    """KL to the base model against validation reward, one line per arm in round order (numbered).
+
+    One row per sweep point, two columns: KL in the seed prompt's context (the one definition every
+    arm is measured under) and in the arm's own prompt's context.
+    """
+    plt = _pyplot()
     means = reward_and_kl(summary, metric)
     points = sorted(means["point"].unique())
-    fig, panels = _panels(points)
-    for point, ax in panels.items():
-        for arm, rows in means[means["point"] == point].groupby("arm", sort=True):
-            rows = rows.sort_values("after_rounds")
-            ax.plot(rows["reward"], rows["kl_to_base"], marker="o", color=ARM_COLOURS.get(arm), label=arm)
-            for row in rows.itertuples():
-                ax.annotate(
-                    str(row.after_rounds),
-                    (row.reward, row.kl_to_base),
-                    fontsize=7,
-                    xytext=(3, 3),
-                    textcoords="offset points",
+    contexts = [c for c in KL_CONTEXTS if c in means.columns]
+    fig, grid = plt.subplots(
+        len(points), len(contexts), figsize=(4.2 * len(contexts), 3.4 * len(points)), dpi=110,
+        sharex=True, sharey=True, squeeze=False,
+    )
+    for row_index, point in enumerate(points):
+        for column, context in enumerate(contexts):
+            ax = grid[row_index][column]
+            for arm, rows in means[means["point"] == point].groupby("arm", sort=True):
+                rows = rows.sort_values("after_rounds")
+                ax.plot(rows["reward"], rows[context], marker="o", color=ARM_COLOURS.get(arm), label=arm)
+                for row in rows.itertuples():
+                    ax.annotate(
+                        str(row.after_rounds),
+                        (row.reward, getattr(row, context)),
+                        fontsize=7,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
+            matched = drift[drift["point"] == point] if not drift.empty else drift
+            if not matched.empty:
+                ax.axvline(
+                    matched["matched_reward"].iloc[0],
+                    color="grey",
+                    linestyle="--",
+                    linewidth=1,
+                    label="matched reward",
                 )
-        matched = drift[drift["point"] == point] if not drift.empty else drift
-        if not matched.empty:
-            ax.axvline(
-                matched["matched_reward"].iloc[0],
-                color="grey",
-                linestyle="--",
-                linewidth=1,
-                label="matched reward",
-            )
-        ax.set_xlabel(f"validation {metric}")
-        ax.grid(alpha=0.3)
-        _title(ax, point, len(points) > 1)
-    first = next(iter(panels.values()))
-    first.set_ylabel("KL(policy ‖ base) per token")
-    first.legend(fontsize=8)
+            ax.set_xlabel(f"validation {metric}")
+            ax.grid(alpha=0.3)
+            title = KL_CONTEXTS[context] if len(points) == 1 else f"{point}\n{KL_CONTEXTS[context]}"
+            ax.set_title(title, fontsize=8)
+        grid[row_index][0].set_ylabel("KL(policy_τ ‖ base_τ) per token")
+    grid[0][0].legend(fontsize=8)
     return _save(fig, out)
 
 

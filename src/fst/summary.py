@@ -1,4 +1,9 @@
-"""Experiment summary: every run's evaluation table in one Parquet file, with the compute spent."""
+"""Experiment summary: every run's evaluation table in one Parquet file, with the compute spent.
+
+Rows of the validation evaluations have split "val"; the held-out test evaluation's rows (final and
+selected round, see fst.evaluate.select_round) split "test", with their `selection`. A second table,
+the per-problem validation scores, feeds the report's paired bootstrap intervals.
+"""
 
 from __future__ import annotations
 
@@ -56,8 +61,10 @@ def spent_before(per_round: dict[int, Counter], k: int) -> Spent:
     return Spent(before["optimizer_steps"], before["rollouts"] + before["metric_calls"])
 
 
-def collect(eval_paths: list[Path], provenance_paths: list[Path]) -> pd.DataFrame:
-    """One row per (run, after_rounds, task, setting, metric), with the step axes of the report.
+def collect(
+    eval_paths: list[Path], provenance_paths: list[Path], test_paths: list[Path] = ()
+) -> pd.DataFrame:
+    """One row per (run, after_rounds, split, task, setting, metric), with the step axes of the report.
 
     Both axes come from the stages' provenance counts: rl_steps = optimiser steps taken (0 for arm
     gepa); policy_rollouts = every rollout the policy generated for training, RL rollouts and GEPA
@@ -65,14 +72,35 @@ def collect(eval_paths: list[Path], provenance_paths: list[Path]) -> pd.DataFram
     """
     counts = counts_by_run(provenance_paths)
     frames = []
-    for path in map(Path, eval_paths):
+    runs = [(path, 2, "val") for path in map(Path, eval_paths)]  # <run>/eval/after<n>/eval.parquet
+    runs += [(path, 1, "test") for path in map(Path, test_paths)]  # <run>/eval/test.parquet
+    for path, depth, split in runs:
         frame = pd.read_parquet(path)
-        point, arm, seed = run = run_of(path, 2)  # <run>/eval/after<n>/eval.parquet
+        frame["split"] = split
+        point, arm, seed = run = run_of(path, depth)
         frame["point"], frame["arm"], frame["seed"] = point, arm, seed
         spent = [spent_before(counts[run], k) for k in frame["after_rounds"]]
         frame["rl_steps"] = [s.rl_steps for s in spent]
         frame["policy_rollouts"] = [s.policy_rollouts for s in spent]
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
-    first = [*_RUN_PARTS, "after_rounds", "rl_steps", "policy_rollouts"]
+    first = [*_RUN_PARTS, "after_rounds", "split", "rl_steps", "policy_rollouts"]
     return table[first + [c for c in table.columns if c not in first]]
+
+
+def problem_scores(sample_paths: list[Path]) -> pd.DataFrame:
+    """Per (run, after_rounds, task, problem): the validation reward under the arm's own prompt,
+    averaged over the problem's k samples, from <run>/eval/after<k>/samples.parquet."""
+    frames = []
+    for path in map(Path, sample_paths):
+        samples = pd.read_parquet(path, columns=["task", "setting", "problem_id", "reward"])
+        samples = samples[samples["setting"].str.startswith("prompt:")]
+        frame = samples.groupby(["task", "problem_id"], sort=False)["reward"].mean().reset_index()
+        frame = frame.rename(columns={"reward": "score"})
+        point, arm, seed = run_of(path, 2)
+        after = int(path.parent.name.removeprefix("after"))
+        frames.append(frame.assign(point=point, arm=arm, seed=seed, after_rounds=after))
+    columns = [*_RUN_PARTS, "after_rounds", "task", "problem_id", "score"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]

@@ -28,7 +28,7 @@ from tiny_experiment import tiny_config
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 SLURM_PROFILE = ["--profile", str(REPO / "slurm")]
-GPU_RULES = {"fast", "rollout", "slow", "evaluate", "decompose"}
+GPU_RULES = {"fast", "rollout", "slow", "evaluate", "evaluate_test", "decompose"}
 CPU_RULES = {"tasks", "base_model", "seed_population", "score", "track", "summary", "report", "sync_tracking"}
 PROPOSAL = "Here is the new instruction:\n```\nAdd the numbers, then end with the final number.\n```"
 
@@ -171,7 +171,7 @@ def test_tiny_experiment_runs_through_slurm_and_a_preempted_stage_resumes(tmp_pa
     for job in jobs:
         by_rule.setdefault(rule_of(job), []).append(job)
     assert set(by_rule) == GPU_RULES | CPU_RULES, sorted(by_rule)
-    assert len(jobs) == 17  # 3 task families, 2 evaluations and trackings, one of every other rule
+    assert len(jobs) == 18  # 3 task families, 2 evaluations and trackings, one of every other rule
     assert {job["JobState"] for job in jobs} == {"COMPLETED"}
     for job in jobs:
         asks_gpu = "gpu" in job.get("TresPerJob", "")
@@ -190,6 +190,7 @@ def test_tiny_experiment_runs_through_slurm_and_a_preempted_stage_resumes(tmp_pa
         "slow": run_dir / "round0/provenance/slow.json",
         "evaluate": run_dir / "eval/after1/provenance.json",
         "decompose": run_dir / "eval/provenance/decomposition.json",
+        "evaluate_test": run_dir / "eval/provenance/test.json",
     }
     for rule, path in seen.items():
         job = json.loads(path.read_text())["job"]

@@ -110,7 +110,7 @@ def test_sigmoid_fit_recovers_known_parameters():
 def test_sigmoid_fit_refuses_too_few_points():
     fit = analysis.fit_ceiling([0, 100, 200, 300], [0.1, 0.2, 0.3, 0.35], min_points=5)
     assert np.isnan(fit["ceiling"])
-    assert "4 evaluation points" in fit["warning"] and "at least 5" in fit["warning"]
+    assert "4 evaluation rounds" in fit["warning"] and "at least 5" in fit["warning"]
 
 
 def test_sigmoid_is_r0_at_zero_compute():
@@ -191,3 +191,84 @@ def test_kl_at_matched_reward_is_interpolated_where_the_path_crosses_the_level()
     assert reached == 2 and kl == pytest.approx(0.03)
     assert analysis.kl_at_reward([0.1, 0.5, 0.7], [0.0, 0.01, 0.05], 0.5) == (1, pytest.approx(0.01))
     assert analysis.kl_at_reward([0.6, 0.5], [0.0, 0.01], 0.5) == (0, 0.0)
+
+
+def test_ceiling_guard_counts_evaluation_rounds_not_compute_values_pooled_over_seeds():
+    """3 rounds x 3 seeds: fst's GEPA calls differ per seed, so its compute values are 10 distinct
+    numbers where rl's are 4; both have 4 evaluation rounds, and both are refused below 5."""
+    runs = []
+    for seed in range(3):
+        runs.append(_summary(_curve("rl", [0.1, 0.3, 0.4, 0.45]), seed=seed))
+        runs.append(_summary(_curve("fst", [0.1, 0.4, 0.5, 0.55], gepa_calls=10 + seed), seed=seed))
+    table = analysis.ceiling_table(pd.concat(runs), "mean@2", min_points=5).set_index("arm")
+    assert list(table["points"]) == [4, 4]
+    assert table["ceiling"].isna().all()
+    assert all("4 evaluation rounds" in warning for warning in table["warning"])
+    longer = []
+    for seed in range(3):
+        values = [0.1, 0.3, 0.4, 0.45, 0.47, 0.48]
+        longer.append(_summary(_curve("rl", values), seed=seed))
+        longer.append(_summary(_curve("fst", values, gepa_calls=10 + seed), seed=seed))
+    fitted = analysis.ceiling_table(pd.concat(longer), "mean@2", min_points=5).set_index("arm")
+    assert list(fitted["points"]) == [6, 6]
+    assert fitted["ceiling"].notna().all()
+
+
+BOOTSTRAP = analysis.Bootstrap(resamples=500, seed=0)
+
+
+def _scores(arm: str, after: int, values: list[float], seed: int = 0) -> pd.DataFrame:
+    return pd.DataFrame({"point": "default", "arm": arm, "seed": seed, "after_rounds": after,
+                         "task": "arithmetic", "problem_id": [f"p{i}" for i in range(len(values))],
+                         "score": values})
+
+
+def test_paired_differences_say_which_are_inside_the_noise():
+    noisy = [0.0, 1.0, 0.5, 0.0, 1.0, 0.5, 0.0, 1.0]
+    shifted = [min(v + 0.5, 1.0) for v in noisy]
+    flipped = noisy[1:] + noisy[:1]  # same mean, other problems: a zero-mean paired difference
+    scores = pd.concat([
+        _scores("rl", 0, noisy), _scores("fst", 0, noisy), _scores("gepa", 0, noisy),
+        _scores("rl", 1, noisy), _scores("fst", 1, shifted), _scores("gepa", 1, flipped),
+    ])
+    cells = pd.concat([
+        _scores("fst", 1, noisy).assign(weights="base", prompt="seed"),
+        _scores("fst", 1, shifted).assign(weights="trained", prompt="evolved"),
+    ])
+    table = analysis.differences_table(scores, cells, BOOTSTRAP).set_index(["comparison", "after_rounds"])
+    same = table.loc[("fst − rl", 0)]
+    assert same["difference"] == 0 and same["inside_noise"] and same["verdict"] == "inside the noise"
+    better = table.loc[("fst − rl", 1)]
+    assert better["difference"] == pytest.approx(np.mean(shifted) - np.mean(noisy))
+    assert better["ci95_low"] > 0 and not better["inside_noise"] and better["verdict"] == "outside the noise"
+    around_zero = table.loc[("gepa − rl", 1)]
+    assert around_zero["ci95_low"] < 0 < around_zero["ci95_high"] and around_zero["inside_noise"]
+    assert not table.loc[("fst: final − start", 1)]["inside_noise"]
+    assert table.loc[("rl: final − start", 1)]["inside_noise"]
+    (cell,) = [c for c, _ in table.index if c.startswith("decomposition")]
+    assert "trained weights + evolved prompt" in cell and not table.loc[cell].iloc[0]["inside_noise"]
+    again = analysis.differences_table(scores, cells, BOOTSTRAP).set_index(["comparison", "after_rounds"])
+    pd.testing.assert_frame_equal(table, again)  # a fixed bootstrap seed: reproducible intervals
+
+
+def test_problem_intervals_bracket_each_curve_point():
+    scores = pd.concat([_scores("rl", 0, [0.0, 1.0, 0.5, 1.0]), _scores("rl", 1, [1.0, 1.0, 0.5, 1.0])])
+    table = analysis.problem_intervals(scores, BOOTSTRAP).set_index("after_rounds")
+    assert table.loc[0, "problems_ci95_low"] < 0.625 < table.loc[0, "problems_ci95_high"]
+    assert table.loc[1, "problems_ci95_high"] <= 1.0
+
+
+def test_test_rows_stay_out_of_the_validation_curves_and_form_the_test_table():
+    validation = _summary(_curve("rl", [0.1, 0.5, 0.3])).assign(split="val")
+    test = pd.DataFrame({"point": "default", "arm": "rl", "seed": 0, "split": "test",
+                         "selection": ["final", "selected"], "after_rounds": [2, 1], "rl_steps": [20, 10],
+                         "policy_rollouts": [200, 100], "task": "arithmetic", "setting": "prompt:seed",
+                         "metric": "mean@2", "value": [0.25, 0.4], "n": 32, "ci95_low": [0.1, 0.2],
+                         "ci95_high": [0.4, 0.6], "val_value": [0.3, 0.5]})
+    summary = pd.concat([validation, test])
+    rows, metric = analysis.with_validation_metric(summary)
+    assert set(rows["split"]) == {"val"}
+    assert list(analysis.curves(rows, metric)["mean"]) == pytest.approx([0.1, 0.5, 0.3])
+    table = analysis.test_table(summary).set_index("selection")
+    assert table.loc["selected", "after_rounds"] == "1" and table.loc["selected", "test_value"] == 0.4
+    assert table.loc["final", "val_value"] == 0.3 and table.loc["final", "ci95_high"] == 0.4

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pandas as pd
 import pytest
 import torch
 
-from fst.evaluate import channel_decomposition, evaluate, sample_and_score, token_kl
+from fst.evaluate import (
+    Bootstrap,
+    bootstrap_interval,
+    channel_decomposition,
+    evaluate,
+    evaluate_test,
+    sample_and_score,
+    select_round,
+    token_kl,
+)
 from fst.generation import SamplingSettings, chat_prompt_ids
 from fst.population import Member
 from fst.tasks.splits import make_splits
@@ -17,6 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SETTINGS = SamplingSettings(max_new_tokens=4, temperature=0.7, batch_size=32)
 MEMBER = Member("m1", "You are a careful math tutor.", "seed", 1.0, None, 1)
+SEED_MEMBER = Member("seed", "Answer the question.", None, 1.0, None, 0)
+BOOTSTRAP = Bootstrap(resamples=500, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +59,13 @@ def samples(tiny, problems):
     return sample_and_score(model, tokenizer, problems[0], MEMBER.text, 2, SETTINGS, 0, "prompt:m1")
 
 
-def direct_kl(p_model, q_model, prompt, completion) -> tuple[float, int]:
-    """Sum over completion positions of sum_v p(v) (log p(v) - log q(v)), one unpadded sequence."""
+def direct_kl(p_model, q_model, prompt, completion, temperature=1.0) -> tuple[float, int]:
+    """Sum over completion positions of sum_v p(v) (log p(v) - log q(v)), one unpadded sequence,
+    p and q the temperature-τ distributions softmax(logits / τ)."""
     ids = torch.tensor([prompt + completion])
     with torch.no_grad():
-        logp = torch.log_softmax(p_model(input_ids=ids).logits[0].double(), dim=-1)
-        logq = torch.log_softmax(q_model(input_ids=ids).logits[0].double(), dim=-1)
+        logp = torch.log_softmax(p_model(input_ids=ids).logits[0].double() / temperature, dim=-1)
+        logq = torch.log_softmax(q_model(input_ids=ids).logits[0].double() / temperature, dim=-1)
     total = 0.0
     for t in range(len(prompt) - 1, len(prompt) + len(completion) - 1):
         p = logp[t].exp()
@@ -71,7 +84,7 @@ def test_sample_and_score_repeats_each_problem_k_times(samples, problems):
 
 def test_kl_of_a_model_to_itself_is_zero(tiny, samples):
     model = tiny[0]
-    assert abs(token_kl(model, model, samples)) < 1e-6
+    assert abs(token_kl(model, model, samples, 0.7)) < 1e-6
 
 
 def test_kl_to_a_different_model_matches_a_direct_computation(tiny, other, problems):
@@ -79,13 +92,13 @@ def test_kl_to_a_different_model_matches_a_direct_computation(tiny, other, probl
     prompt = chat_prompt_ids(tokenizer, "Be brief.", problems[0][0].question)
     completion = [504, 3529, 314]
     one = pd.DataFrame({"prompt_ids": [prompt], "completion_ids": [completion]})
-    kl = token_kl(other, model, one)
+    kl = token_kl(other, model, one, 1.0)
     total, count = direct_kl(other, model, prompt, completion)
     assert kl > 1e-4
     assert kl == pytest.approx(total / count, rel=1e-4)
     # the other direction: KL(base || policy)
     reverse, _ = direct_kl(model, other, prompt, completion)
-    assert token_kl(model, other, one) == pytest.approx(reverse / count, rel=1e-4)
+    assert token_kl(model, other, one, 1.0) == pytest.approx(reverse / count, rel=1e-4)
 
 
 def test_kl_in_padded_batches_is_the_token_weighted_mean(tiny, other, samples):
@@ -97,11 +110,23 @@ def test_kl_in_padded_batches_is_the_token_weighted_mean(tiny, other, samples):
     total, count = 0.0, 0
     for prompt, completion in zip(frame["prompt_ids"], frame["completion_ids"], strict=True):
         if len(completion):
-            kl, n = direct_kl(other, model, list(prompt), list(completion))
+            kl, n = direct_kl(other, model, list(prompt), list(completion), 0.7)
             total, count = total + kl, count + n
     expected = total / count
-    assert token_kl(other, model, frame, batch_size=16) == pytest.approx(expected, rel=1e-4)
-    assert token_kl(other, model, frame, batch_size=2) == pytest.approx(expected, rel=1e-4)
+    assert token_kl(other, model, frame, 0.7, batch_size=16) == pytest.approx(expected, rel=1e-4)
+    assert token_kl(other, model, frame, 0.7, batch_size=2) == pytest.approx(expected, rel=1e-4)
+
+
+def test_kl_is_taken_between_the_temperature_tau_distributions(tiny, other, problems):
+    """The completions are sampled at τ: KL is between softmax(logits / τ) of policy and base."""
+    model, tokenizer = tiny
+    prompt = chat_prompt_ids(tokenizer, "Be brief.", problems[0][0].question)
+    completion = [504, 3529, 314]
+    one = pd.DataFrame({"prompt_ids": [prompt], "completion_ids": [completion]})
+    at_tau, count = direct_kl(other, model, prompt, completion, temperature=0.7)
+    at_one, _ = direct_kl(other, model, prompt, completion, temperature=1.0)
+    assert at_tau / count != pytest.approx(at_one / count, rel=1e-3)  # the temperature matters here
+    assert token_kl(other, model, one, 0.7) == pytest.approx(at_tau / count, rel=1e-4)
 
 
 @pytest.mark.parametrize("drifted", [False, True])
@@ -110,28 +135,34 @@ def test_evaluate_metric_rows_and_samples(tiny, other, problems, drifted):
     val, ood = problems
     policy, base = (other, model) if drifted else (model, None)
     k = 2
-    metrics, samples = evaluate(policy, tokenizer, base, val, MEMBER, ood, k, SETTINGS, seed=4)
-    assert list(metrics.columns) == ["task", "setting", "metric", "value", "n"]
+    metrics, samples = evaluate(
+        policy, tokenizer, base, val, MEMBER, SEED_MEMBER, ood, k, SETTINGS, seed=4, bootstrap=BOOTSTRAP
+    )
+    assert list(metrics.columns) == ["task", "setting", "metric", "value", "n", "ci95_low", "ci95_high"]
     rows = {(r.task, r.setting, r.metric): (r.value, r.n) for r in metrics.itertuples()}
     assert set(rows) == {
         ("arithmetic", "prompt:m1", "mean@2"),
         ("arithmetic", "prompt:m1", "truncated"),
-        ("arithmetic", "prompt:m1", "kl_to_base"),
+        ("arithmetic", "prompt:seed", "kl_to_base"),
+        ("arithmetic", "prompt:m1", "kl_to_base_own_prompt"),
         ("code_output", "none", "greedy_accuracy"),
         ("claims", "none", "greedy_accuracy"),
     }
-    assert len(samples) == k * len(val) + sum(len(p) for p in ood.values())
+    # with drifted weights, the seed prompt's context is sampled too (for kl_to_base)
+    seed_context = k * len(val) if drifted else 0
+    assert len(samples) == k * len(val) + seed_context + sum(len(p) for p in ood.values())
     val_rows = samples[samples["setting"] == "prompt:m1"]
     assert len(val_rows) == k * len(val)
     assert rows[("arithmetic", "prompt:m1", "mean@2")] == (pytest.approx(val_rows["reward"].mean()), 3)
     truncated = (val_rows["finish_reason"] == "length").mean()
     assert rows[("arithmetic", "prompt:m1", "truncated")][0] == pytest.approx(truncated)
-    kl = rows[("arithmetic", "prompt:m1", "kl_to_base")][0]
+    kl = rows[("arithmetic", "prompt:seed", "kl_to_base")][0]
+    own_kl = rows[("arithmetic", "prompt:m1", "kl_to_base_own_prompt")][0]
     if drifted:
-        assert kl == pytest.approx(token_kl(other, model, val_rows), rel=1e-6)
-        assert kl > 0
+        assert own_kl == pytest.approx(token_kl(other, model, val_rows, SETTINGS.temperature), rel=1e-6)
+        assert kl > 0 and own_kl > 0
     else:
-        assert kl == 0.0
+        assert kl == own_kl == 0.0
     for task, task_problems in ood.items():
         task_rows = samples[samples["task"] == task]
         assert len(task_rows) == len(task_problems)
@@ -141,15 +172,64 @@ def test_evaluate_metric_rows_and_samples(tiny, other, problems, drifted):
             pytest.approx(task_rows["reward"].mean()),
             len(task_problems),
         )
-    fractions = metrics[metrics["metric"] != "kl_to_base"]["value"]
-    assert fractions.between(0, 1).all()
+    fractions = metrics[~metrics["metric"].str.startswith("kl_to_base")]
+    assert fractions["value"].between(0, 1).all()
+    assert (fractions["ci95_low"] <= fractions["value"] + 1e-12).all()
+    assert (fractions["value"] <= fractions["ci95_high"] + 1e-12).all()
+
+
+def test_kl_to_base_is_measured_in_the_seed_prompts_context(tiny, other, problems):
+    """Every arm's KL is taken on completions sampled with the SEED prompt (same seed, same τ); the
+    arm's own prompt gives the second number. With the seed prompt itself both are one number."""
+    model, tokenizer = tiny
+    val = problems[0]
+    metrics, samples = evaluate(
+        other, tokenizer, model, val, MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 4, BOOTSTRAP
+    )
+    values = metrics.set_index("metric")["value"]
+    in_seed_context = sample_and_score(other, tokenizer, val, SEED_MEMBER.text, 2, SETTINGS, 4, "x")
+    assert values["kl_to_base"] == pytest.approx(token_kl(other, model, in_seed_context, 0.7), rel=1e-6)
+    context_rows = samples[samples["setting"] == "kl_context:prompt:seed"]
+    assert list(context_rows["completion_text"]) == list(in_seed_context["completion_text"])
+    own = samples[samples["setting"] == "prompt:m1"]
+    assert values["kl_to_base_own_prompt"] == pytest.approx(token_kl(other, model, own, 0.7), rel=1e-6)
+    assert values["kl_to_base"] != pytest.approx(values["kl_to_base_own_prompt"], rel=1e-3)
+    same, _ = evaluate(other, tokenizer, model, val, SEED_MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 4, BOOTSTRAP)
+    same_values = same.set_index("metric")["value"]
+    assert same_values["kl_to_base"] == same_values["kl_to_base_own_prompt"] == values["kl_to_base"]
+
+
+def test_bootstrap_interval_is_reproducible_and_brackets_the_mean():
+    values = [0.0, 1.0, 0.5, 1.0, 0.0, 0.0, 1.0, 0.5]
+    low, high = bootstrap_interval(values, BOOTSTRAP)
+    assert low < sum(values) / len(values) < high
+    assert (low, high) == bootstrap_interval(values, BOOTSTRAP)  # fixed seed: the same interval
+    assert bootstrap_interval([0.25, 0.25, 0.25], BOOTSTRAP) == (0.25, 0.25)  # nothing to resample
+    assert all(map(math.isnan, bootstrap_interval([1.0], BOOTSTRAP)))
+
+
+def test_select_round_is_the_running_maximum_earliest_on_ties():
+    assert select_round({0: 0.1, 1: 0.5, 2: 0.3, 3: 0.5}) == 1
+    assert select_round({2: 0.4, 0: 0.4, 1: 0.2}) == 0
+    assert select_round({0: 0.1, 1: 0.2, 2: 0.3}) == 2
+
+
+def test_test_evaluation_is_the_validation_sampling_on_the_test_split(tiny, problems):
+    model, tokenizer = tiny
+    test = make_splits("arithmetic", 0, {"test": 3})["test"]
+    table, samples = evaluate_test(model, tokenizer, test, MEMBER, 2, SETTINGS, 7, BOOTSTRAP)
+    (row,) = table.to_dict("records")
+    alone = sample_and_score(model, tokenizer, test, MEMBER.text, 2, SETTINGS, 7, "prompt:m1")
+    assert row["metric"] == "mean@2" and row["n"] == 3
+    assert row["value"] == pytest.approx(alone["reward"].mean())
+    assert list(samples["completion_text"]) == list(alone["completion_text"])
 
 
 def test_ood_evaluation_is_greedy(tiny, problems):
     model, tokenizer = tiny
     val, ood = problems
-    _, first = evaluate(model, tokenizer, None, val, MEMBER, ood, 1, SETTINGS, seed=1)
-    _, second = evaluate(model, tokenizer, None, val, MEMBER, ood, 1, SETTINGS, seed=2)
+    _, first = evaluate(model, tokenizer, None, val, MEMBER, SEED_MEMBER, ood, 1, SETTINGS, 1, BOOTSTRAP)
+    _, second = evaluate(model, tokenizer, None, val, MEMBER, SEED_MEMBER, ood, 1, SETTINGS, 2, BOOTSTRAP)
     ood_rows = first["setting"] == "none"
     assert list(first[ood_rows]["completion_ids"].map(tuple)) == list(
         second[second["setting"] == "none"]["completion_ids"].map(tuple)
@@ -158,15 +238,15 @@ def test_ood_evaluation_is_greedy(tiny, problems):
 
 def test_channel_decomposition_cells_share_one_sampling_seed(tiny, other, problems):
     model, tokenizer = tiny
-    seed_member = Member("seed", "Answer the question.", None, 1.0, None, 0)
     table, samples = channel_decomposition(
         {"base": model, "trained": other},
         tokenizer,
         problems[0],
-        {"seed": seed_member, "evolved": MEMBER},
+        {"seed": SEED_MEMBER, "evolved": MEMBER},
         2,
         SETTINGS,
         seed=5,
+        bootstrap=BOOTSTRAP,
     )
     assert list(zip(table["weights"], table["prompt"], strict=True)) == [
         ("base", "seed"),
@@ -180,3 +260,4 @@ def test_channel_decomposition_cells_share_one_sampling_seed(tiny, other, proble
     cell = samples[(samples["weights"] == "trained") & (samples["prompt"] == "evolved")]
     assert list(cell["completion_text"]) == list(alone["completion_text"])
     assert table["value"].iloc[3] == pytest.approx(alone["reward"].mean())
+    assert {"ci95_low", "ci95_high"} <= set(table.columns)

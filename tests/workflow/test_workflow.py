@@ -35,6 +35,7 @@ def test_dry_run_lists_rounds_times_seeds(tmp_path, tiny_model_dir):
     counts = dict(line.split()[:2] for line in result.stdout.splitlines() if len(line.split()) == 2)
     assert counts["slow"] == "9"  # 3 seeds x 3 rounds
     assert counts["evaluate"] == "12"  # 3 seeds x (3 rounds + the starting point)
+    assert counts["evaluate_test"] == "3"  # the held-out test split once per run, after all rounds
     assert counts["base_model"] == "1"
 
 
@@ -182,6 +183,19 @@ def test_fst_and_gepa_arms_run_gepa_rounds_with_lineage_and_accounting(tmp_path,
     cells = pd.read_parquet(run / "fst/seed0/eval/decomposition.parquet")
     assert sorted(zip(cells["weights"], cells["prompt"], strict=True)) == [
         ("base", "evolved"), ("base", "seed"), ("trained", "evolved"), ("trained", "seed")]
+    # One sampling seed per run: the same weights and prompt give the same number at every point.
+    start = {arm: pd.read_parquet(run / f"{arm}/seed0/eval/after0/eval.parquet").set_index("metric")
+             for arm in ("fst", "rl", "gepa")}
+    assert len({frame.loc["mean@1", "value"] for frame in start.values()}) == 1
+    base_seed = cells[(cells["weights"] == "base") & (cells["prompt"] == "seed")].iloc[0]
+    assert base_seed["value"] == start["fst"].loc["mean@1", "value"]
+    assert start["gepa"].loc["kl_to_base", "value"] == 0.0
+    for arm in ("fst", "rl", "gepa"):
+        test = pd.read_parquet(run / f"{arm}/seed0/eval/test.parquet").set_index("selection")
+        assert set(test.index) == {"final", "selected"} and test.loc["final", "after_rounds"] == 1
+    assert set(summary.loc[summary["split"] == "test", "arm"]) == {"fst", "rl", "gepa"}
+    text = (tmp_path / "results/tiny/report/report.md").read_text()
+    assert "## Held-out test split" in text and "## Noise" in text
     posthoc_report = json.loads((run / "rl/seed0/round1/fast_report.json").read_text())
     posthoc_calls = posthoc_report["stats"]["metric_calls"]
     assert posthoc_calls > 0  # GEPA ran on rl's final checkpoint
@@ -191,9 +205,9 @@ def test_fst_and_gepa_arms_run_gepa_rounds_with_lineage_and_accounting(tmp_path,
 
 def _assert_reward_figure_matches_raw_files(experiment: Path, runs: Path) -> None:
     """The reward-vs-policy-rollouts figure, redrawn from the summary, against a count from raw files."""
-    from fst import figures, report
+    from fst import analysis, figures, report
 
-    summary = pd.read_parquet(experiment / "summary.parquet")
+    summary, _ = analysis.with_validation_metric(pd.read_parquet(experiment / "summary.parquet"))
     tables = report.analyse(summary, pd.DataFrame(), min_fit_points=5)
     fig = figures.reward_curves(summary, tables["curves"], tables["sample_efficiency"], "policy_rollouts",
                                 experiment / "check.png")

@@ -165,11 +165,34 @@ def posthoc_files(name):
                   round=config["rounds"])
 
 
-def decomposition_files():
-    """Arm fst's channel decomposition per run, when the report asks for it."""
+def decomposition_files(name="decomposition"):
+    """Arm fst's channel decomposition per run (or its samples), when the report asks for it."""
     if "fst" not in config["arms"] or not config["report"]["decomposition"]:
         return []
-    return expand(f"{RUN}/eval/decomposition.parquet", point=POINTS, arm="fst", seed=config["seeds"])
+    return expand(f"{RUN}/eval/{name}.parquet", point=POINTS, arm="fst", seed=config["seeds"])
+
+
+def test_eval_inputs(name):
+    """The run's validation evaluations, or the weights/prompts behind them, in round order (k = 0..R)."""
+
+    def files(wildcards):
+        if name == "evals":
+            return [f"{after_dir(k)}/eval.parquet" for k in EVAL_POINTS]
+        if name == "policies":
+            return [policy_before(wildcards.arm, k) for k in EVAL_POINTS]
+        return [population_before(k) for k in EVAL_POINTS]
+
+    return files
+
+
+def test_eval_of_final(wildcards):
+    """The run's test evaluation, mirrored with the final evaluation point."""
+    return [f"{RUN}/eval/test.parquet"] if int(wildcards.k) == config["rounds"] else []
+
+
+def all_samples():
+    """Every validation evaluation's scored samples (per-problem scores for the paired bootstraps)."""
+    return expand(f"{AFTER}/samples.parquet", **RUN_WILDCARDS, k=EVAL_POINTS)
 
 
 def previous_tracked(wildcards):
@@ -211,7 +234,7 @@ def slow_settings(wildcards):
 def evaluate_settings(wildcards):
     cfg = point_config(wildcards)
     return _sampling(cfg) | {"dtype": cfg["model"]["dtype"]} | {
-        key: cfg["evaluation"][key] for key in ("k", "ood_problems")
+        key: cfg["evaluation"][key] for key in ("k", "ood_problems", "bootstrap_resamples", "bootstrap_seed")
     }
 
 

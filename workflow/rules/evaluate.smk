@@ -1,10 +1,13 @@
-# Evaluation of the state after k rounds (k = 0 is the base model with the seed prompt).
+# Evaluation of the state after k rounds (k = 0 is the base model with the seed prompt), the held-out
+# test split at the end, and the report's evaluations. Every evaluation of a run samples with the one
+# evaluation seed of that run (common random numbers).
 
 
 rule evaluate:
     input:
         policy=policy_after,
         population=population_after,
+        seed_population=f"{EXP_DIR}/{{point}}/population_seed.json",
         base_model=f"{EXP_DIR}/base_model",
         data=data_path(TRAIN_TASK),
         ood=[data_path(task) for task in config["tasks"]["ood"]],
@@ -24,7 +27,7 @@ rule evaluate:
         GPU_ENV
     shell:
         "fst evaluate --policy {input.policy} --population {input.population} "
-        "--base-model {input.base_model} --data {input.data} --ood {input.ood} "
+        "--seed-population {input.seed_population} --base-model {input.base_model} --data {input.data} --ood {input.ood} "
         "--after-rounds {wildcards.k} --seed {wildcards.seed} --settings {params.settings:q} "
         "--out {output.eval} --samples {output.samples} --provenance {output.provenance} 2> {log}"
 
@@ -33,6 +36,7 @@ use rule evaluate as evaluate_posthoc with:
     input:
         policy=policy_after,
         population=lambda w: f"{round_dir(w.k)}/population.json",  # the post-hoc GEPA round's
+        seed_population=f"{EXP_DIR}/{{point}}/population_seed.json",
         base_model=f"{EXP_DIR}/base_model",
         data=data_path(TRAIN_TASK),
         ood=[data_path(task) for task in config["tasks"]["ood"]],
@@ -46,6 +50,35 @@ use rule evaluate as evaluate_posthoc with:
         f"{POSTHOC}/benchmark.tsv"
     message:
         "{wildcards.arm} seed {wildcards.seed}: evaluation of post-hoc GEPA on the final checkpoint"
+
+
+rule evaluate_test:
+    input:
+        # The selected round is known only once every validation evaluation is: the stage reads them
+        # and evaluates the final round's and the selected round's weights and prompt on the test split.
+        evals=test_eval_inputs("evals"),
+        policies=test_eval_inputs("policies"),
+        populations=test_eval_inputs("populations"),
+        data=data_path(TRAIN_TASK),
+    output:
+        test=f"{RUN}/eval/test.parquet",
+        samples=f"{RUN}/eval/test_samples.parquet",
+        provenance=f"{RUN}/eval/provenance/test.json",
+    log:
+        f"{RUN}/eval/test.log",
+    benchmark:
+        f"{RUN}/eval/benchmarks/test.tsv"
+    params:
+        settings=lambda w: as_json(evaluate_settings(w)),
+    message:
+        "{wildcards.arm} seed {wildcards.seed}: held-out test split, final and selected rounds"
+    conda:
+        GPU_ENV
+    shell:
+        "fst evaluate-test --evals {input.evals} --policies {input.policies} "
+        "--populations {input.populations} --data {input.data} --seed {wildcards.seed} "
+        "--settings {params.settings:q} --out {output.test} --samples {output.samples} "
+        "--provenance {output.provenance} 2> {log}"
 
 
 rule decompose:

@@ -9,12 +9,14 @@ rule track:
         slow_metrics=slow_metrics_before,
         round_provenance=round_provenance_before,
         previous=previous_tracked,
+        test=test_eval_of_final,
     output:
         f"{AFTER}/tracked.json",
     log:
         f"{AFTER}/track.log",
     params:
         slow=lambda w, input: f"--slow-metrics {input.slow_metrics}" if input.slow_metrics else "",
+        test=lambda w, input: f"--test {input.test}" if input.test else "",
         uri=TRACKING_URI_OPTION,
         point=lambda w: as_json(point_params(w)),
         results=lambda w, output: results_root(output[0]),
@@ -24,7 +26,7 @@ rule track:
     conda:
         ENV
     shell:
-        "fst track --eval {input.eval} --population {input.population} {params.slow} "
+        "fst track --eval {input.eval} --population {input.population} {params.slow} {params.test} "
         "--round-provenance {input.round_provenance} --results-dir {params.results} "
         "--experiment {params.experiment} --point {wildcards.point:q} --arm {wildcards.arm} "
         "--seed {wildcards.seed} --after-rounds {wildcards.k} --params {params.point:q} {params.uri} "
@@ -34,9 +36,12 @@ rule track:
 rule summary:
     input:
         evals=expand(f"{AFTER}/eval.parquet", **RUN_WILDCARDS, k=EVAL_POINTS),
+        tests=expand(f"{RUN}/eval/test.parquet", **RUN_WILDCARDS),
+        samples=all_samples(),
         round_provenance=all_round_provenance(),
     output:
-        f"{EXP_DIR}/summary.parquet",
+        summary=f"{EXP_DIR}/summary.parquet",
+        scores=f"{EXP_DIR}/scores.parquet",
     log:
         f"{EXP_DIR}/logs/summary.log",
     message:
@@ -44,14 +49,17 @@ rule summary:
     conda:
         ENV
     shell:
-        "fst summarize --evals {input.evals} --round-provenance {input.round_provenance} "
-        "--out {output} 2> {log}"
+        "fst summarize --evals {input.evals} --tests {input.tests} --samples {input.samples} "
+        "--round-provenance {input.round_provenance} --out {output.summary} --scores {output.scores} "
+        "2> {log}"
 
 
 rule report:
     input:
         summary=f"{EXP_DIR}/summary.parquet",
+        scores=f"{EXP_DIR}/scores.parquet",
         decomposition=decomposition_files(),
+        decomposition_samples=decomposition_files("decomposition_samples"),
         posthoc_evals=posthoc_files("eval"),
         posthoc_provenance=posthoc_files("provenance"),
     output:
@@ -67,14 +75,17 @@ rule report:
         f"{EXP_DIR}/logs/report.log",
     params:
         min_fit_points=config["report"]["min_fit_points"],
+        resamples=config["evaluation"]["bootstrap_resamples"],
+        bootstrap_seed=config["evaluation"]["bootstrap_seed"],
         experiment=EXPERIMENT,
     message:
         "Comparison report of {params.experiment}"
     conda:
         ENV
     shell:
-        "fst report --experiment {params.experiment} --summary {input.summary} "
-        "--decomposition {input.decomposition} --posthoc-evals {input.posthoc_evals} "
+        "fst report --experiment {params.experiment} --summary {input.summary} --scores {input.scores} "
+        "--decomposition {input.decomposition} --decomposition-samples {input.decomposition_samples} "
+        "--bootstrap-resamples {params.resamples} --bootstrap-seed {params.bootstrap_seed} --posthoc-evals {input.posthoc_evals} "
         "--posthoc-provenance {input.posthoc_provenance} --min-fit-points {params.min_fit_points} "
         "--tables {output.tables} --figures {output.figures} --markdown {output.markdown} 2> {log}"
 

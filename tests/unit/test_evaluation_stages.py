@@ -1,0 +1,141 @@
+"""The evaluation stages through their CLI: one sampling seed per run, the held-out test split, MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from fst import artifacts, cli
+from fst.data import build_task_data, load_split
+from fst.evaluate import evaluation_seed, sample_and_score
+from fst.generation import SamplingSettings
+from fst.population import Member, save_population, seed_population
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+RUN_SEED = 3
+SETTINGS = {"max_new_tokens": 4, "temperature": 0.7, "batch_size": 8, "dtype": "float32", "k": 2,
+            "ood_problems": 0, "bootstrap_resamples": 200, "bootstrap_seed": 0}
+SAMPLING = SamplingSettings(4, 0.7, 8)
+EVOLVED = Member("m1", "Be brief and give the number.", "seed", 1.0, None, 1)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    data = root / "arithmetic.parquet"
+    artifacts.write_parquet(build_task_data("arithmetic", 0, {"train": 4, "val": 4, "test": 4}, None), data)
+    save_population(seed_population("You are a careful math tutor."), root / "population_seed.json", 0)
+    save_population([EVOLVED], root / "population_evolved.json", 1)
+    return {"root": root, "data": data, "seed_population": root / "population_seed.json",
+            "evolved": root / "population_evolved.json"}
+
+
+def _evaluate(files, model_dir, after: int, out):
+    out.mkdir(parents=True, exist_ok=True)
+    cli.main(["evaluate", "--policy", str(model_dir), "--population", str(files["seed_population"]),
+              "--seed-population", str(files["seed_population"]), "--base-model", str(model_dir),
+              "--data", str(files["data"]), "--after-rounds", str(after), "--seed", str(RUN_SEED),
+              "--settings", json.dumps(SETTINGS), "--out", str(out / "eval.parquet"),
+              "--samples", str(out / "samples.parquet"), "--provenance", str(out / "provenance.json")])
+    return pd.read_parquet(out / "eval.parquet"), pd.read_parquet(out / "samples.parquet")
+
+
+def test_the_same_weights_and_prompt_give_the_same_numbers_at_every_evaluation_point(files, tiny_model_dir):
+    """Common random numbers: rounds 0 and 2 of a run with the same weights and prompt (arm gepa's
+    unchanged population, or any arm's step 0) and the decomposition's base weights + seed prompt cell
+    all sample the same completions, so they score the same."""
+    root = files["root"]
+    first, first_samples = _evaluate(files, tiny_model_dir, 0, root / "after0")
+    later, later_samples = _evaluate(files, tiny_model_dir, 2, root / "after2")
+    pd.testing.assert_frame_equal(first.drop(columns="after_rounds"), later.drop(columns="after_rounds"))
+    assert list(first_samples["completion_text"]) == list(later_samples["completion_text"])
+    mean = first[first["metric"] == "mean@2"].iloc[0]
+    assert mean["ci95_low"] <= mean["value"] <= mean["ci95_high"]
+
+    out = root / "decomposition"
+    cli.main(["decompose", "--policy", str(tiny_model_dir), "--base-model", str(tiny_model_dir),
+              "--population", str(files["evolved"]), "--seed-population", str(files["seed_population"]),
+              "--data", str(files["data"]), "--after-rounds", "2", "--seed", str(RUN_SEED),
+              "--settings", json.dumps(SETTINGS), "--out", str(out / "decomposition.parquet"),
+              "--samples", str(out / "samples.parquet"), "--provenance", str(out / "provenance.json")])
+    cells = pd.read_parquet(out / "decomposition.parquet").set_index(["weights", "prompt"])
+    cell_samples = pd.read_parquet(out / "samples.parquet")
+    base_seed = cell_samples[(cell_samples["weights"] == "base") & (cell_samples["prompt"] == "seed")]
+    step0 = first_samples[first_samples["setting"] == "prompt:seed"]
+    assert list(base_seed["completion_text"]) == list(step0["completion_text"])
+    for column in ("value", "ci95_low", "ci95_high"):
+        assert cells.loc[("base", "seed"), column] == mean[column]
+
+
+def _validation(root, values: dict[int, float]):
+    paths = []
+    for after, value in values.items():
+        path = root / f"val/after{after}/eval.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({"after_rounds": [after], "task": ["arithmetic"], "setting": ["prompt:x"],
+                      "metric": ["mean@2"], "value": [value], "n": [4]}).to_parquet(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_test_split_is_evaluated_at_the_final_and_the_selected_round(files, tiny_model_dir, tiny):
+    root = files["root"]
+    evals = _validation(root, {0: 0.25, 1: 0.5, 2: 0.375})  # validation selects round 1
+    populations = [files["seed_population"], files["evolved"], files["seed_population"]]
+    out = root / "test"
+    cli.main(["evaluate-test", "--evals", *evals, "--policies", *[str(tiny_model_dir)] * 3,
+              "--populations", *map(str, populations), "--data", str(files["data"]),
+              "--seed", str(RUN_SEED), "--settings", json.dumps(SETTINGS),
+              "--out", str(out / "test.parquet"), "--samples", str(out / "samples.parquet"),
+              "--provenance", str(out / "provenance.json")])
+    table = pd.read_parquet(out / "test.parquet").set_index("selection")
+    assert list(table.columns[:2]) == ["after_rounds", "split"]
+    assert table.loc["final", "after_rounds"] == 2 and table.loc["selected", "after_rounds"] == 1
+    assert table.loc["final", "setting"] == "prompt:seed" and table.loc["selected", "setting"] == "prompt:m1"
+    assert table.loc["selected", "val_value"] == 0.5
+    assert set(table["split"]) == {"test"} and set(table["metric"]) == {"mean@2"}
+    test = load_split(files["data"], "test")
+    model, tokenizer = tiny
+    seed = evaluation_seed(RUN_SEED)
+    expected = sample_and_score(model, tokenizer, test, EVOLVED.text, 2, SAMPLING, seed, "")
+    assert table.loc["selected", "value"] == pytest.approx(expected["reward"].mean())
+    samples = pd.read_parquet(out / "samples.parquet")
+    assert set(samples["problem_id"]) == {p.id for p in test}  # the held-out problems, never val's
+    selected = samples[samples["after_rounds"] == 1]
+    assert list(selected["completion_text"]) == list(expected["completion_text"])
+    assert json.loads((out / "provenance.json").read_text())["selected_after_rounds"] == 1
+
+
+def test_track_mirrors_intervals_and_the_test_split(tmp_path, monkeypatch):
+    import fst.tracking
+
+    sent = {}
+    def mirror(uri, **payload):
+        sent.update(payload)
+        return {"ok": True}
+
+    monkeypatch.setattr(fst.tracking, "mirror_round", mirror)
+    evaluation = tmp_path / "eval.parquet"
+    pd.DataFrame({"after_rounds": [2, 2], "task": ["arithmetic"] * 2, "setting": ["prompt:m1", "prompt:seed"],
+                  "metric": ["mean@2", "kl_to_base"], "value": [0.5, 0.01], "n": [4, 4],
+                  "ci95_low": [0.25, math.nan], "ci95_high": [0.75, math.nan]}).to_parquet(evaluation)
+    test = tmp_path / "test.parquet"
+    pd.DataFrame({"selection": ["final", "selected"], "after_rounds": [2, 1], "split": ["test"] * 2,
+                  "task": ["arithmetic"] * 2, "setting": ["prompt:m1"] * 2, "metric": ["mean@2"] * 2,
+                  "value": [0.4, 0.6], "n": [4, 4], "ci95_low": [0.1, 0.3], "ci95_high": [0.7, 0.9],
+                  "val_value": [0.5, 0.6]}).to_parquet(test)
+    cli.main(["track", "--eval", str(evaluation), "--test", str(test), "--results-dir", str(tmp_path),
+              "--experiment", "e", "--point", "default", "--arm", "fst", "--seed", "0", "--after-rounds", "2",
+              "--params", json.dumps({"swept": {}, "config": {}}), "--uri", "sqlite:///unused.db",
+              "--out", str(tmp_path / "tracked.json")])
+    metrics = sent["metrics"]
+    assert metrics["arithmetic/prompt:m1/mean@2/ci95_low"] == 0.25
+    assert "arithmetic/prompt:seed/kl_to_base/ci95_low" not in metrics  # no interval, no metric
+    assert metrics["test/selected/arithmetic/prompt:m1/mean@2"] == 0.6
+    assert metrics["test/final/arithmetic/prompt:m1/mean@2/ci95_high"] == 0.7
+    assert metrics["test/selected/after_rounds"] == 1.0
+    assert str(test) in sent["artifacts"]
