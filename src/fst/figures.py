@@ -165,7 +165,7 @@ def kl_vs_reward(summary: pd.DataFrame, metric: str, drift: pd.DataFrame, out: P
             ax.grid(alpha=0.3)
             title = KL_CONTEXTS[context] if len(points) == 1 else f"{point}\n{KL_CONTEXTS[context]}"
             ax.set_title(title, fontsize=8)
-        grid[row_index][0].set_ylabel("KL(policy_τ ‖ base_τ) per token")
+        grid[row_index][0].set_ylabel("KL(π_θ ‖ π_base) at τ, per token")
     grid[0][0].legend(fontsize=8)
     return _save(fig, out)
 
