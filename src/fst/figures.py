@@ -17,7 +17,7 @@ from fst.artifacts import atomic_path
 
 ARM_COLOURS = {"fst": "tab:blue", "rl": "tab:orange", "gepa": "tab:green", "rl→gepa": "tab:red"}
 AXIS_LABELS = {
-    "rl_steps": "RL optimiser steps",
+    "rl_steps": "RL steps",
     "policy_rollouts": "policy rollouts (RL + GEPA metric calls)",
 }
 

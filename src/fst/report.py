@@ -26,7 +26,7 @@ NOISE = (
 )
 
 FIGURES = {
-    "reward_vs_rl_steps": "Validation reward against RL optimiser steps",
+    "reward_vs_rl_steps": "Validation reward against RL steps",
     "reward_vs_policy_rollouts": "Validation reward against all policy rollouts",
     "kl_vs_reward": "Drift: KL to the base model (seed prompt's context; own prompt's) against reward",
     "ood_accuracy": "Out-of-domain accuracy without the evolved prompt",

@@ -461,13 +461,18 @@ def _aggregate(steps: list[dict]) -> dict:
 
 
 def round_counts(metrics: dict, cfg: SlowConfig) -> dict[str, int]:
-    """The round's spend for provenance (and the report's RL-steps axis): optimiser steps are the
-    updates made, without the skipped steps whose groups were all dropped; the rollouts trained on
-    are those of the live groups (all groups with `zero_variance_groups: keep`)."""
+    """The round's spend for provenance.
+
+    rl_steps are the steps the round consumed, one batch of rollouts each, whether or not it updated
+    the weights: the report's RL-steps axis (counting only updates would make an arm whose groups are
+    more often all dead look cheaper). optimizer_steps are the updates made, without the skipped
+    steps whose groups were all dropped; rollouts_trained are those of the live groups (all groups
+    with `zero_variance_groups: keep`).
+    """
     steps = metrics["steps"]  # TRL logs every step (logging_steps=1)
     skipped = sum(int(s.get("skipped_step", 0)) for s in steps)
     live_groups = sum(int(s.get("groups/live_groups", 0)) for s in steps if not s.get("skipped_step"))
-    return {"optimizer_steps": len(steps) - skipped, "skipped_steps": skipped,
+    return {"rl_steps": len(steps), "optimizer_steps": len(steps) - skipped, "skipped_steps": skipped,
             "rollouts_trained": live_groups * cfg.group_size}
 
 

@@ -52,13 +52,13 @@ class Spent:
 
 
 def spent_before(per_round: dict[int, Counter], k: int) -> Spent:
-    """RL optimiser steps and policy rollouts (RL rollouts + GEPA metric calls) in rounds < k.
+    """RL steps and policy rollouts (RL rollouts + GEPA metric calls) in rounds < k.
 
     A round's `metric_calls` are the calls it made itself (a killed attempt's included); a search it
     continued made its earlier calls in earlier rounds, charged there: each call is charged once.
     """
     before = sum((counts for r, counts in per_round.items() if r < k), Counter())
-    return Spent(before["optimizer_steps"], before["rollouts"] + before["metric_calls"])
+    return Spent(before["rl_steps"], before["rollouts"] + before["metric_calls"])
 
 
 def collect(
@@ -66,9 +66,9 @@ def collect(
 ) -> pd.DataFrame:
     """One row per (run, after_rounds, split, task, setting, metric), with the step axes of the report.
 
-    Both axes come from the stages' provenance counts: rl_steps = optimiser steps taken (0 for arm
-    gepa); policy_rollouts = every rollout the policy generated for training, RL rollouts and GEPA
-    metric calls alike (evaluation not included).
+    Both axes come from the stages' provenance counts: rl_steps = RL steps consumed, updates or
+    skipped steps whose groups were all dead (0 for arm gepa); policy_rollouts = every rollout the
+    policy generated for training, RL rollouts and GEPA metric calls alike (evaluation not included).
     """
     counts = counts_by_run(provenance_paths)
     frames = []

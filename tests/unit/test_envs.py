@@ -65,7 +65,8 @@ def test_every_rule_names_an_env_file_that_exists(rules):
 def test_rules_that_ask_for_a_gpu_use_the_gpu_env(rules):
     profile = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
     gpu_rules = {rule for rule, resources in profile["set-resources"].items() if "gpu" in str(resources)}
-    assert gpu_rules == {"fast", "rollout", "slow", "evaluate", "evaluate_posthoc", "decompose"}
+    model_stages = {"fast", "rollout", "slow", "evaluate", "evaluate_test", "evaluate_posthoc", "decompose"}
+    assert gpu_rules == model_stages
     for name, env in rules.items():
         expected = "gpu.yaml" if name in gpu_rules else "cpu.yaml"
         assert env.name == expected, f"rule {name} uses {env.name}, expected {expected}"

@@ -416,7 +416,8 @@ def test_step_without_live_group_leaves_weights_and_optimizer_unchanged(
     metrics = record["metrics"]
     assert metrics["skipped_step"] == T and metrics["groups/dropped_groups"] == len(PLAN)
     assert metrics["global_step"] == 2 * T  # the schedule advances...
-    assert round_counts(metrics, CFG) == {"optimizer_steps": 0, "skipped_steps": T, "rollouts_trained": 0}
+    assert round_counts(metrics, CFG) == {
+        "rl_steps": T, "optimizer_steps": 0, "skipped_steps": T, "rollouts_trained": 0}
 
 
 def test_a_skipped_step_is_no_optimiser_step_and_does_not_dilute_the_round_loss(
@@ -428,7 +429,8 @@ def test_a_skipped_step_is_no_optimiser_step_and_does_not_dilute_the_round_loss(
                            tmp_path / "policy", tmp_path / "state", 0, CFG)
     metrics = record["metrics"]
     assert [s["skipped_step"] for s in metrics["steps"]] == [0, 1]
-    assert round_counts(metrics, CFG) == {"optimizer_steps": 1, "skipped_steps": 1, "rollouts_trained": G}
+    assert round_counts(metrics, CFG) == {
+        "rl_steps": T, "optimizer_steps": 1, "skipped_steps": 1, "rollouts_trained": G}
     assert metrics["loss"] == pytest.approx(metrics["steps"][0]["loss"])
     assert metrics["grad_norm"] == pytest.approx(metrics["steps"][0]["grad_norm"])
 

@@ -28,7 +28,7 @@ def test_collect_reads_sweep_points_and_counts_compute_from_provenance(tmp_path)
         for stage, counts in [
             ("fast", {"metric_calls": 5 + r, "reflection_calls": 2}),
             ("rollout", {"rollouts": 32}),
-            ("slow", {"optimizer_steps": 3}),
+            ("slow", {"rl_steps": 3, "optimizer_steps": 2}),
         ]:
             provenance.append(run / f"round{r}/provenance/{stage}.json")
             write_json({"counts": counts}, provenance[-1])
@@ -50,7 +50,7 @@ def test_collect_adds_the_test_split_and_problem_scores_come_from_the_samples(tm
     pd.DataFrame({"selection": ["final", "selected"], "after_rounds": [1, 1], "split": ["test", "test"],
                   "task": ["arithmetic"] * 2, "setting": ["prompt:seed"] * 2, "metric": ["mean@2"] * 2,
                   "value": [0.25, 0.25], "n": [4, 4]}).to_parquet(run / "eval/test.parquet")
-    write_json({"counts": {"rollouts": 8, "optimizer_steps": 2}}, run / "round0/provenance/rollout.json")
+    write_json({"counts": {"rollouts": 8, "rl_steps": 2}}, run / "round0/provenance/rollout.json")
     table = collect([run / "eval/after1/eval.parquet"], [run / "round0/provenance/rollout.json"],
                     [run / "eval/test.parquet"])
     assert sorted(table["split"]) == ["test", "test", "val"]

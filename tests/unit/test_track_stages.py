@@ -40,7 +40,7 @@ def _run_files(run: Path, k: int) -> dict:
         for stage, counts in [
             ("fast", {"metric_calls": 10}),
             ("rollout", {"rollouts": 32}),
-            ("slow", {"optimizer_steps": 4}),
+            ("slow", {"rl_steps": 4, "optimizer_steps": 3}),
         ]:
             path = run / f"round{r}/provenance/{stage}.json"
             write_json({"counts": counts}, path)
