@@ -3,8 +3,10 @@
 TRL's GRPOTrainer(loss_type="cispo") does the RL: group-normalised advantages (over each consecutive
 chunk of num_generations completions), old log-probs recomputed from the round's starting weights
 (gradient_accumulation_steps=1 < steps_per_generation=T), the truncated-ratio CISPO loss over
-completion tokens only, the β·KL term, AdamW, checkpoints and resume. Every method choice is set
-explicitly in `grpo_args` (never left to a TRL default). Here is only what TRL does not do for us:
+completion tokens only, the β·KL term, AdamW, checkpoints and resume. Every choice the method names
+is set explicitly in `grpo_args`, never left to a TRL default; what TRL fixes in code and offers no
+setting for is stated here: the group std is Bessel-corrected with +1e-4 in the denominator, and the
+k3 KL estimate is not clamped. Here is only what TRL does not do for us:
 
 - serve the stored rollouts through `rollout_func` (nothing is regenerated) and the stored rewards
   through a pass-through reward function;
