@@ -102,13 +102,35 @@ def run_id(workdir: Path) -> str | None:
     return found.group(1) if found else None
 
 
+# Every job record seen so far, by job id: slurmctld forgets a finished job after MinJobAge (300 s),
+# so a run longer than that would lose its first jobs' records if read only at the end.
+_SEEN: dict[str, dict[str, str]] = {}
+
+
 def slurm_jobs(run: str) -> list[dict[str, str]]:
-    """SLURM's record of every job of one Snakemake run (job name = the run id)."""
+    """SLURM's record of every job of one Snakemake run (job name = the run id), latest state of each."""
     lines = subprocess.run(
         ["scontrol", "-o", "show", "job"], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    jobs = [dict(re.findall(r"(\w+)=(\S*)", line)) for line in lines]
-    return [job for job in jobs if job.get("JobName") == run]
+    for job in (dict(re.findall(r"(\w+)=(\S*)", line)) for line in lines):
+        if "JobId" in job:
+            _SEEN[job["JobId"]] = job
+    return [job for job in _SEEN.values() if job.get("JobName") == run]
+
+
+def keep_job_records(workdir: Path, process: subprocess.Popen) -> threading.Thread:
+    """Read SLURM's job records every few seconds while Snakemake runs (see _SEEN)."""
+
+    def poll():
+        while process.poll() is None:
+            run = run_id(workdir)
+            if run:
+                slurm_jobs(run)
+            time.sleep(5)
+
+    watcher = threading.Thread(target=poll, daemon=True)
+    watcher.start()
+    return watcher
 
 
 def job_state(job_id: str) -> str:
@@ -147,6 +169,7 @@ def test_tiny_experiment_runs_through_slurm_and_a_preempted_stage_resumes(tmp_pa
     run_dir = tmp_path / "results/tiny/default/fst/seed0"
     started = time.time()
     process = start(tmp_path, config)
+    keep_job_records(tmp_path, process)
     try:
         wait_for(lambda: server.requests or process.poll() is not None, 480, "the first reflection call")
         assert process.poll() is None, output(tmp_path)[-3000:]
