@@ -165,13 +165,7 @@ def test_gepa_state_resumes_across_processes_and_is_rescored_under_new_weights(
         "run_dir": str(run_dir),
         "fast": asdict(fast),
     }
-    done = subprocess.run(
-        [sys.executable, "-c", _FIRST_ATTEMPT, json.dumps(args)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
+    done = _run_script(_FIRST_ATTEMPT, args)
     assert done.returncode == 0, done.stderr[-3000:]
     first = json.loads(done.stdout.strip().splitlines()[-1])
     rescoring = len(MEMBERS) * PARETO
@@ -317,6 +311,17 @@ def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(tiny, d
 
 # --------------------------------------------------------------------------------------------------
 # 4-5. The CLI stage as the Snakemake rule runs it, with the OpenAI-compatible reflection backend
+
+
+def _run_script(script: str, argument) -> subprocess.CompletedProcess:
+    """A fast-stage attempt in its own process (so that it can die), its argument as JSON."""
+    return subprocess.run(
+        [sys.executable, "-c", script, json.dumps(argument)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
 
 
 def _settings(reflection: dict, gepa_round: bool = True) -> str:
@@ -529,13 +534,7 @@ def killed_round0(tiny_model_dir, data_file, reflection_server, tmp_path_factory
     reflection = {**_openai_reflection(reflection_server.base_url), "api_key_env": None}
     settings = _settings(reflection)
     argv = _fast_argv(exp, 0, seed_file, tiny_model_dir, data_file, settings, arm="gepa")
-    done = subprocess.run(
-        [sys.executable, "-c", _KILLED_ATTEMPT, json.dumps(argv)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},
-    )
+    done = _run_script(_KILLED_ATTEMPT, argv)
     assert done.returncode == 9, done.stderr[-3000:]
     killed_calls = json.loads(done.stdout.strip().splitlines()[-1])["calls"]
     assert not _arg(argv, "--gepa-rollouts").exists()  # the stage died before writing its outputs
