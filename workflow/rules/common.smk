@@ -202,7 +202,7 @@ def previous_tracked(wildcards):
 
 
 def _sampling(cfg):
-    return {key: cfg["rollout"][key] for key in ("max_new_tokens", "temperature", "batch_size")}
+    return asdict(settings.sampling(cfg))
 
 
 def fast_settings(wildcards):
