@@ -98,9 +98,24 @@ start_daemon() {  # start_daemon NAME PIDFILE COMMAND...: start it and record it
     echo "$name $(cat "$pidfile")" >>"$PIDS"
 }
 
+recorded_alive() {  # true when every daemon recorded in $PIDS is still running
+    local name pid
+    while read -r name pid; do
+        kill -0 "$pid" 2>/dev/null || return 1
+    done <"$PIDS"
+}
+
 up() {
     [[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts daemons)"
-    [[ -s $PIDS ]] && die "already up (pids in $PIDS); run '$0 down' first"
+    if [[ -s $PIDS ]]; then
+        if recorded_alive; then
+            echo "local-slurm: already up (pids in $PIDS); using it"
+            return 0
+        fi
+        # A run that was killed, or a machine that was restarted, leaves its pid list behind.
+        echo "local-slurm: a daemon in $PIDS is gone (left by an earlier run); restarting"
+        down
+    fi
     install_packages
     write_config
     : >"$PIDS"
