@@ -36,7 +36,9 @@ from fst.slow import (
     grpo_args,
     load_round,
     run_slow_update,
+    slow_runtime,
     stored_reward,
+    weights_dtype,
 )
 
 RESULTS = ROOT / "benchmarks" / "results" / "slow.json"
@@ -137,7 +139,8 @@ def run_bare(scored: Path, model_dir: Path, cfg: SlowConfig, work: Path) -> None
 
     rows = load_round(scored, 0, cfg)
     trainer = GRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, cfg.dtype)),
+        model=AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=getattr(torch, weights_dtype(slow_runtime(cfg), cfg.lora.enabled))),
         reward_funcs=stored_reward,
         args=grpo_args(cfg, work / "state", 0),
         train_dataset=group_dataset(rows),

@@ -116,12 +116,14 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     from fst.reflection import ReflectionError, describe, make_reflection_lm
 
     fast = cfg["fast"]
-    model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    runtime = _runtime(cfg, prov)
+    model, tokenizer = _load_model(args.policy, runtime, prov)
     anchors, pareto = anchor_and_pareto_sets(
         load_split(args.data, "train"), args.seed, args.round, fast["anchors"], fast["pareto_problems"]
     )
     seed = args.seed * 1_000_003 + 700_000 + args.round
-    lm = make_reflection_lm(cfg["reflection"], Path(args.base_model), seed=seed, dtype=cfg["dtype"])
+    lm = make_reflection_lm(cfg["reflection"], Path(args.base_model), seed=seed, dtype=runtime.dtype,
+                            device=runtime.device)
     prov.record["reflection"] = describe(lm)
     reflection = GuardedReflection(lm)
     adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed)
@@ -145,7 +147,7 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     stats["gepa_round"] = True
     stats["reflection_seconds"] = usage["seconds"]
     log.info("GEPA round %d: %s", args.round, stats)
-    return population, stats, records_frame(Path(args.gepa_dir), args.seed, cfg["backend"]), usage
+    return population, stats, records_frame(Path(args.gepa_dir), args.seed, runtime.backend), usage
 
 
 def _sampling_settings(cfg: dict):
@@ -155,14 +157,24 @@ def _sampling_settings(cfg: dict):
     return SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["batch_size"])
 
 
-def _load_model(policy: str, dtype: str, prov: Provenance):
+def _runtime(cfg: dict, prov: Provenance):
+    """The stage's device, dtype and generation engine on this machine (recorded in its provenance)."""
+    from fst import device
+
+    runtime = device.resolve(cfg["device"], cfg["dtype"], cfg["backend"], where="model stage")
+    prov.record["runtime"] = device.describe(runtime)
+    log.info("computing on %s in %s, generation with %s", runtime.device, runtime.dtype, runtime.backend)
+    return runtime
+
+
+def _load_model(policy: str, runtime, prov: Provenance):
     with prov.timed("imports"):
         import torch  # noqa: F401
         import transformers  # noqa: F401
 
         from fst.policy import load_policy
     with prov.timed("model_load"):
-        return load_policy(Path(policy), dtype)
+        return load_policy(Path(policy), runtime.dtype, runtime.device)
 
 
 def cmd_rollout(args) -> None:
@@ -173,7 +185,8 @@ def cmd_rollout(args) -> None:
     cfg = _json(args.settings)
     inputs = {"policy": args.policy, "population": args.population, "data": args.data}
     prov = Provenance("rollout", inputs, cfg, seed=args.seed)
-    model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    runtime = _runtime(cfg, prov)
+    model, tokenizer = _load_model(args.policy, runtime, prov)
     problems = round_problems(load_split(args.data, "train"), args.seed, args.round, cfg["problems"])
     settings = _sampling_settings(cfg)
     from fst.rollout import generate_rollouts
@@ -188,7 +201,7 @@ def cmd_rollout(args) -> None:
             settings,
             seed=args.seed * 1_000_003 + args.round,
             round_index=args.round,
-            backend=cfg["backend"],
+            backend=runtime.backend,
         )
     artifacts.write_parquet(rows, args.out)
     prov.count(
@@ -225,8 +238,10 @@ def cmd_slow(args) -> None:
         import torch  # noqa: F401
         import trl  # noqa: F401
 
-        from fst.slow import SlowConfig, round_counts, run_slow_update
+        from fst.device import describe
+        from fst.slow import SlowConfig, round_counts, run_slow_update, slow_runtime
     settings = SlowConfig.from_dict(cfg)
+    prov.record["runtime"] = describe(slow_runtime(settings))
     with prov.timed("train"):
         metrics = run_slow_update(
             Path(args.scored),
@@ -263,11 +278,12 @@ def cmd_evaluate(args) -> None:
     inputs = {"policy": args.policy, "population": args.population,
               "seed_population": args.seed_population, "data": args.data}
     prov = Provenance("evaluate", inputs, cfg, seed=args.seed)
-    model, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    runtime = _runtime(cfg, prov)
+    model, tokenizer = _load_model(args.policy, runtime, prov)
     base = None
     if Path(args.policy).resolve() != Path(args.base_model).resolve():
         with prov.timed("base_model_load"):
-            base, _ = load_policy(Path(args.base_model), cfg["dtype"])
+            base, _ = load_policy(Path(args.base_model), runtime.dtype, runtime.device)
     ood = {}
     for path in args.ood:
         frame = pd.read_parquet(path)
@@ -322,11 +338,12 @@ def cmd_evaluate_test(args) -> None:
     inputs |= {f"population_after{r}": states[r][2] for r in sorted(set(chosen.values()))}
     prov = Provenance("evaluate_test", inputs, cfg, seed=args.seed)
     test = load_split(args.data, "test")
+    runtime = _runtime(cfg, prov)
     rows, frames, done = [], [], {}
     for selection, after in chosen.items():
         if after not in done:
             _, policy, population = states[after]
-            model, tokenizer = _load_model(policy, cfg["dtype"], prov)
+            model, tokenizer = _load_model(policy, runtime, prov)
             with prov.timed(f"generate_and_score_after{after}"):
                 done[after] = evaluate_test(
                     model, tokenizer, test, best_member(load_population(population)), cfg["k"],
@@ -359,9 +376,10 @@ def cmd_decompose(args) -> None:
     inputs = {"policy": args.policy, "base_model": args.base_model, "population": args.population,
               "seed_population": args.seed_population, "data": args.data}
     prov = Provenance("decompose", inputs, cfg, seed=args.seed)
-    trained, tokenizer = _load_model(args.policy, cfg["dtype"], prov)
+    runtime = _runtime(cfg, prov)
+    trained, tokenizer = _load_model(args.policy, runtime, prov)
     with prov.timed("base_model_load"):
-        base, _ = load_policy(Path(args.base_model), cfg["dtype"])
+        base, _ = load_policy(Path(args.base_model), runtime.dtype, runtime.device)
     prompts = {"seed": best_member(load_population(args.seed_population)),
                "evolved": best_member(load_population(args.population))}
     settings = _sampling_settings(cfg)

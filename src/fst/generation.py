@@ -1,4 +1,4 @@
-"""Policy sampling with transformers on CPU (or one GPU): the backend behind rollouts and evaluation.
+"""Policy sampling with transformers on the CPU or the stage's GPU: the backend behind rollouts and evaluation.
 
 Samples from the full distribution softmax(logits / τ) — no top-k, no nucleus, none of the model's own
 generation defaults — because that is the distribution the slow stage's trainer scores (it recomputes
@@ -82,8 +82,8 @@ def _generate_batch(model, tokenizer, prompts: list[list[int]], settings: Sampli
 
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
-    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     with torch.inference_mode():
         out = model.generate(
             input_ids=input_ids,

@@ -41,7 +41,9 @@ def _load_source(source: str, dtype: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch_dtype = getattr(torch, dtype)
+    # auto keeps the checkpoint's own dtype (a GGUF file dequantises to float32); each stage then casts
+    # to the dtype it resolves on its own machine.
+    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
     if source == PACKAGED_SMOLLM2:
         folder = packaged_smollm2_dir()
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_SMOLLM2_GGUF)

@@ -33,8 +33,8 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(base_model_of(path))
 
 
-def load_policy(path: Path, dtype: str = "float32"):
-    """Load a policy for inference (eval mode; a LoRA adapter merged into its base)."""
+def load_policy(path: Path, dtype: str = "float32", device: str = "cpu"):
+    """Load a policy for inference on `device` (eval mode; a LoRA adapter merged into its base)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -44,7 +44,7 @@ def load_policy(path: Path, dtype: str = "float32"):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    model.eval()
+    model.to(device).eval()
     return model, load_tokenizer(path)
 
 

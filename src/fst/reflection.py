@@ -125,7 +125,7 @@ class _CountedLM:
 
 
 class LocalReflectionLM(_CountedLM):
-    """The frozen base model as the reflection LM (transformers; CPU or one GPU)."""
+    """The frozen base model as the reflection LM (transformers, on the fast stage's device)."""
 
     backend = "local"
 
@@ -137,6 +137,7 @@ class LocalReflectionLM(_CountedLM):
         temperature: float,
         seed: int,
         dtype: str,
+        device: str = "cpu",
         system_prompt: str = DEFAULT_LOCAL_SYSTEM_PROMPT,
     ):
         self.model_dir = Path(model_dir)
@@ -144,6 +145,7 @@ class LocalReflectionLM(_CountedLM):
         self.temperature = float(temperature)
         self.seed = int(seed)
         self.dtype = dtype
+        self.device = device
         self.system_prompt = system_prompt
         self.usage = ReflectionUsage()
         self.last_error: str | None = None
@@ -160,7 +162,7 @@ class LocalReflectionLM(_CountedLM):
         from fst.policy import load_policy
 
         started = time.perf_counter()
-        model, tokenizer = load_policy(self.model_dir, self.dtype)
+        model, tokenizer = load_policy(self.model_dir, self.dtype, self.device)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._model, self._tokenizer = model, tokenizer
@@ -379,7 +381,7 @@ class OpenAICompatibleLM(_CountedLM):
 # Construction, provenance, proposal parsing
 
 
-def make_reflection_lm(cfg: dict, base_model_dir: Path, seed: int, dtype: str):
+def make_reflection_lm(cfg: dict, base_model_dir: Path, seed: int, dtype: str, device: str = "cpu"):
     """The reflection LM the config's validated `reflection` section names (every key present).
 
     `local` is the frozen base model (in the policy's dtype); `openai` any OpenAI-compatible endpoint.
@@ -387,7 +389,7 @@ def make_reflection_lm(cfg: dict, base_model_dir: Path, seed: int, dtype: str):
     backend = cfg["backend"]
     if backend == "local":
         return LocalReflectionLM(Path(base_model_dir), max_new_tokens=cfg["max_tokens"],
-                                 temperature=cfg["temperature"], seed=seed, dtype=dtype)
+                                 temperature=cfg["temperature"], seed=seed, dtype=dtype, device=device)
     if backend == "openai":
         for key, example in (
             ("base_url", "the server's OpenAI-compatible URL, e.g. http://localhost:8000/v1 (vLLM)"),
@@ -416,6 +418,7 @@ def describe(lm) -> dict:
                 "temperature": lm.temperature,
                 "seed": lm.seed,
                 "dtype": lm.dtype,
+                "device": lm.device,
                 "system_prompt": lm.system_prompt,
             },
             "usage": lm.usage.as_dict(),

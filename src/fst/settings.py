@@ -21,13 +21,13 @@ def sampling(cfg: dict) -> SamplingSettings:
     )
 
 
-def generation_backend(cfg: dict) -> str:
-    """The engine that samples rollouts, metric calls and evaluations; `auto` resolves here, once.
+def runtime(cfg: dict) -> dict:
+    """Device, dtype and generation engine a model stage asks for, as configured (`auto` included).
 
-    Only transformers exists on the CPU path; vLLM arrives with the GPU path, so `auto` is transformers.
+    They resolve on the machine that runs the stage (fst.device.resolve), not here: the machine that
+    builds the DAG (a cluster's login node) need not have the job's GPU.
     """
-    chosen = cfg["rollout"]["backend"]
-    return "transformers" if chosen == "auto" else chosen
+    return {"device": cfg["model"]["device"], "dtype": cfg["model"]["dtype"], "backend": cfg["rollout"]["backend"]}
 
 
 def slow(cfg: dict, seed: int) -> SlowConfig:
@@ -41,5 +41,6 @@ def slow(cfg: dict, seed: int) -> SlowConfig:
         temperature=cfg["rollout"]["temperature"],
         lora=LoraSettings(**lora | {"target_modules": tuple(lora["target_modules"])}),
         dtype=cfg["model"]["dtype"],
+        device=cfg["model"]["device"],
         seed=seed,
     )

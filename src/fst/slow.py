@@ -40,6 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fst.device import Runtime, resolve
 from fst.policy import load_tokenizer, policy_kind, save_policy
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,15 @@ class SlowConfig:
     scale_rewards: str  # "group" | "none"
     zero_variance_groups: str  # "drop" | "keep"
     loss_aggregation: str  # "seq_mean_token_mean" | "token_mean" | "round_token_mean"
+    importance_correction: str  # "auto" | "on" | "off"
+    importance_cap: float
     warmup_steps: int
     max_grad_norm: float
     max_completion_length: int
     temperature: float
     lora: LoraSettings
-    dtype: str
+    dtype: str  # model.dtype as configured (auto included); resolved on the stage's machine
+    device: str  # model.device as configured
     seed: int
 
     @classmethod
@@ -245,6 +249,27 @@ def split_into_steps(batch: dict, live: list[bool], cfg: SlowConfig) -> tuple[li
     return steps, stats
 
 
+def with_importance_weights(batch: dict, old_logps, cap: float) -> tuple[dict, dict[str, float]]:
+    """Fold the truncated rollout importance weight w = min(exp(old − sampling), cap) into the advantages.
+
+    TRL applies this correction only when it runs vLLM itself (`use_vllm`), multiplying the policy
+    term of each token's loss by w before the KL term is added; our rollouts come from a stored file,
+    so it is done here, the same way: the CISPO policy term is −sg(min(ρ, ε_high))·A·log π, so w·A per
+    token (TRL takes (B, T) advantages) weights exactly that term and leaves β·KL alone. A token with
+    no stored log-prob (NaN) gets w = 1.
+    """
+    import torch
+
+    mask = batch["completion_mask"].bool()
+    weight = torch.exp(old_logps - batch["sampling_per_token_logps"]).nan_to_num(1.0).clamp(max=cap)
+    weight = torch.where(mask, weight, torch.ones_like(weight))
+    out = dict(batch, advantages=batch["advantages"][:, None] * weight)
+    live = weight[mask]
+    return out, {"sampling/importance_weight/mean": live.mean().item(),
+                 "sampling/importance_weight/min": live.min().item(),
+                 "sampling/importance_weight/capped_fraction": (live >= cap).float().mean().item()}
+
+
 def sampling_logp_gap(batch: dict) -> dict[str, float]:
     """|stored sampling log-prob − the trainer's old log-prob| over completion tokens.
 
@@ -290,10 +315,27 @@ def _trainer_class():
                 _check_loss_mask(batch, self.rollout_func.completion_tokens)
                 for name, value in sampling_logp_gap(batch).items():
                     self._metrics["train"][name].append(value)
+                if self.fst_importance_correction:
+                    batch, weights = with_importance_weights(
+                        batch, self._old_logps(batch), self.fst_config.importance_cap
+                    )
+                    for name, value in weights.items():
+                        self._metrics["train"][name].append(value)
                 self._buffered_inputs, self._step_stats = split_into_steps(
                     batch, self.rollout_func.live, self.fst_config
                 )
             return self._buffered_inputs[step]
+
+        def _old_logps(self, batch):
+            """log π_θc of the completion tokens: TRL's own when it computed them (T > 1), else now."""
+            if batch.get("old_per_token_logps") is not None:
+                return batch["old_per_token_logps"]
+            ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+            mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+            with torch.no_grad():
+                return self._get_per_token_logps_and_entropies(
+                    self.model, ids, mask, batch["completion_ids"].size(1), self.args.per_device_train_batch_size
+                )[0]
 
         def training_step(self, model, inputs, num_items_in_batch):
             """A step whose groups are all dropped takes no optimiser step.
@@ -334,12 +376,27 @@ def _check_loss_mask(batch: dict, completion_tokens: int) -> None:
         )
 
 
-def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig):
+def slow_runtime(cfg: SlowConfig) -> Runtime:
+    """The device and compute dtype of this machine for the slow stage (it never generates)."""
+    return resolve(cfg.device, cfg.dtype, "transformers", where="slow stage")
+
+
+def weights_dtype(runtime: Runtime, lora: bool) -> str:
+    """The dtype the trained weights are loaded in.
+
+    Full fine-tuning in bf16 keeps float32 master weights and computes under bf16 autocast (TRL's
+    `bf16=True`): AdamW updates on bf16 weights would round small steps away. LoRA trains float32
+    adapters (peft's default) on a frozen base kept in the compute dtype.
+    """
+    return "float32" if runtime.dtype == "bfloat16" and not lora else runtime.dtype
+
+
+def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig, runtime: Runtime):
     """(model, peft_config for TRL or None). A LoRA policy continues its adapter; round 0 gets a new one."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = getattr(torch, cfg.dtype)
+    dtype = getattr(torch, weights_dtype(runtime, cfg.lora.enabled))
     if policy_kind(policy_in) == "lora":
         if not cfg.lora.enabled:
             raise ValueError(f"{policy_in} is a LoRA adapter but slow.lora.enabled is false")
@@ -372,6 +429,7 @@ def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
     """The stage's GRPOConfig: every choice of the method set here, checkpoints in state_dir."""
     from trl import GRPOConfig
 
+    runtime = slow_runtime(cfg)
     T = cfg.steps_per_round
     return GRPOConfig(
         output_dir=str(state_dir),
@@ -413,7 +471,9 @@ def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
         report_to="none",
         disable_tqdm=True,
         dataloader_pin_memory=False,
-        bf16=False,
+        use_cpu=runtime.device == "cpu",  # else the Trainer puts the model on the job's GPU
+        bf16=runtime.dtype == "bfloat16",
+        fp16=runtime.dtype == "float16",
         gradient_checkpointing=False,
         seed=cfg.seed,
     )
@@ -478,6 +538,13 @@ def round_counts(metrics: dict, cfg: SlowConfig) -> dict[str, int]:
             "rollouts_trained": live_groups * cfg.group_size}
 
 
+def importance_correction_on(cfg: SlowConfig, rows: pd.DataFrame) -> bool:
+    """`slow.importance_correction`; auto = on exactly when the round's rollouts came from vLLM."""
+    if cfg.importance_correction == "auto":
+        return bool((rows["backend"] == "vllm").any())
+    return cfg.importance_correction == "on"
+
+
 def run_slow_update(
     scored_path: Path,
     policy_in: Path,
@@ -505,7 +572,7 @@ def run_slow_update(
         )
     _prune_checkpoints(state_dir, keep={start})  # a later checkpoint is stale from an earlier run
 
-    model, peft_config = _load_model(Path(policy_in), Path(base_model_dir), cfg)
+    model, peft_config = _load_model(Path(policy_in), Path(base_model_dir), cfg, slow_runtime(cfg))
     trainer_cls, step_log = _trainer_class()
     with warnings.catch_warnings():
         # rollout_func is marked experimental; trl is pinned to the version this was checked against.
@@ -521,6 +588,7 @@ def run_slow_update(
             callbacks=[step_log()],
         )
     trainer.fst_config = cfg
+    trainer.fst_importance_correction = importance_correction_on(cfg, rows)
     _kl_reference_to_base(trainer.accelerator.unwrap_model(trainer.model), cfg)
     trainer.remove_callback(PrinterCallback)
     log.info(

@@ -85,9 +85,7 @@ def test_each_stage_gets_the_schemas_value():
     sampling = settings.sampling(cfg)
     assert (sampling.max_new_tokens, sampling.temperature) == (
         cfg["rollout"]["max_new_tokens"], cfg["rollout"]["temperature"])
-    assert cfg["rollout"]["backend"] == "auto" and settings.generation_backend(cfg) == "transformers"
-    cfg["rollout"]["backend"] = "transformers"
-    assert settings.generation_backend(cfg) == "transformers"
+    assert settings.runtime(cfg) == {"device": "auto", "dtype": "auto", "backend": "auto"}
 
 
 def test_top_p_is_refused_with_the_reason(shipped):

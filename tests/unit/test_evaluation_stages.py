@@ -17,7 +17,8 @@ from fst.population import Member, save_population, seed_population
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RUN_SEED = 3
-SETTINGS = {"max_new_tokens": 4, "temperature": 0.7, "batch_size": 8, "dtype": "float32", "k": 2,
+SETTINGS = {"max_new_tokens": 4, "temperature": 0.7, "batch_size": 8, "dtype": "auto", "device": "auto",
+            "backend": "auto", "k": 2,
             "ood_problems": 0, "bootstrap_resamples": 200, "bootstrap_seed": 0}
 SAMPLING = SamplingSettings(4, 0.7, 8)
 EVOLVED = Member("m1", "Be brief and give the number.", "seed", 1.0, None, 1)

@@ -341,6 +341,7 @@ def _settings(reflection: dict, gepa_round: bool = True) -> str:
             "sampling": SAMPLING,
             "backend": "transformers",
             "dtype": "float32",
+            "device": "cpu",
         }
     )
 

@@ -36,6 +36,9 @@ CFG = SlowConfig(
     temperature=1.0,
     lora=LORA,
     dtype="float32",
+    device="auto",
+    importance_correction="auto",
+    importance_cap=4.0,
     seed=0,
 )
 SYSTEM = {"A": "You are careful.", "B": "Think step by step, then answer."}
@@ -272,7 +275,7 @@ def test_advantage_is_normalised_over_the_whole_mixed_group(round0):
     assert not np.allclose(got, per_member, atol=1e-2)
 
 
-def _independent_cispo_losses(record, rows, base, cfg: SlowConfig) -> list[float]:
+def _independent_cispo_losses(record, rows, base, cfg: SlowConfig, weights=None) -> list[float]:
     """Each step's loss from the method's formula, computed apart from TRL: live groups only,
     −min(ρ, ε_high)·A·log π + β·k3(π_ref = base); averaged per completion then over the step's live
     completions (seq_mean_token_mean), or summed over live tokens / the step's live tokens."""
@@ -295,7 +298,8 @@ def _independent_cispo_losses(record, rows, base, cfg: SlowConfig) -> list[float
             n = len(ordered["completion_ids"][i])
             lp, lp_old = logp[j, :n].double(), old[i, :n].double()
             ratio = torch.clamp(torch.exp(lp - lp_old), max=cfg.epsilon_high)
-            token_loss = -ratio * advantages[i] * lp + cfg.beta * _k3(ref[i].double(), lp)
+            w = 1.0 if weights is None else weights[i][:n].double()
+            token_loss = -ratio * advantages[i] * w * lp + cfg.beta * _k3(ref[i].double(), lp)
             total += (token_loss.mean() if per_completion else token_loss.sum()).item()
             count += 1 if per_completion else n
         losses.append(total / count)
@@ -522,3 +526,42 @@ def test_config_from_dict_needs_every_setting():
         SlowConfig.from_dict({k: v for k, v in settings.items() if k != "beta"})
     with pytest.raises(ValueError, match="slow.lora"):
         SlowConfig.from_dict(settings | {"lora": {**settings["lora"], "rank": 8}})
+
+
+def _perturbed(rows: pd.DataFrame) -> pd.DataFrame:
+    """Stored sampling log-probs moved off the policy's: token t of a row lowered by (t mod 3)·ln 3,
+    as if another engine had sampled it less likely (weights 1, 3 and 9, the last past the cap)."""
+    shifted = [[lp - (t % 3) * np.log(3.0) for t, lp in enumerate(row)] for row in rows["logprobs"]]
+    return rows.assign(logprobs=shifted, backend="vllm")
+
+
+def test_importance_correction_weights_the_policy_term_by_the_truncated_ratio(rows, tmp_path, tiny_model_dir):
+    """vLLM rollouts (auto): each token's policy term gets min(π_θc / π_sample, cap) from the stored
+    log-probs; the loss equals the method's formula with those weights (the KL term unweighted)."""
+    cfg = replace(CFG, importance_cap=4.0, beta=0.05)
+    record = _run_recorded(_write(_perturbed(rows), tmp_path / "scored.parquet"), tiny_model_dir,
+                           tiny_model_dir, tmp_path / "policy", tmp_path / "state", 0, cfg)
+    ordered = _ordered(rows)
+    expected_w = [np.minimum(3.0 ** (np.arange(len(c)) % 3), 4.0) for c in ordered["completion_ids"]]
+    step_advantages = torch.cat([inputs["advantages"] for inputs in record["step_inputs"]])
+    base_advantages = record["batches"][0]["advantages"]
+    for i, w in enumerate(expected_w):
+        got = step_advantages[i, : len(w)].numpy()
+        assert np.allclose(got, base_advantages[i].item() * w, rtol=1e-3, atol=1e-6)
+    weights = [torch.tensor(w) for w in expected_w]
+    expected = _independent_cispo_losses(record, rows, load_policy(tiny_model_dir)[0], cfg, weights)
+    assert np.allclose([loss.item() for loss in record["losses"]], expected, rtol=1e-3, atol=1e-6)
+    first = record["metrics"]["steps"][0]
+    assert first["sampling/importance_weight/capped_fraction"] > 0
+    assert first["sampling/importance_weight/min"] > 0.99
+
+
+def test_importance_correction_is_off_for_transformers_rollouts_unless_asked(rows, tmp_path, tiny_model_dir):
+    perturbed = _perturbed(rows).assign(backend="transformers")
+    off = _run_recorded(_write(perturbed, tmp_path / "a.parquet"), tiny_model_dir, tiny_model_dir,
+                        tmp_path / "pa", tmp_path / "sa", 0, CFG)
+    assert all(inputs["advantages"].dim() == 1 for inputs in off["step_inputs"])
+    assert "sampling/importance_weight/mean" not in off["metrics"]["steps"][0]
+    on = _run_recorded(_write(perturbed, tmp_path / "b.parquet"), tiny_model_dir, tiny_model_dir,
+                       tmp_path / "pb", tmp_path / "sb", 0, replace(CFG, importance_correction="on"))
+    assert all(inputs["advantages"].dim() == 2 for inputs in on["step_inputs"])

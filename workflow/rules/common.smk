@@ -6,6 +6,7 @@ from dataclasses import asdict
 from fst import settings
 
 from fst.config import ConfigError, problems_per_round
+from fst.device import missing_here
 from fst.report import FIGURES as REPORT_FIGURES
 from fst.sweep import resolve_points, swept_values
 
@@ -23,6 +24,12 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 POINTS = list(POINT_CONFIG)
+if workflow.is_main_process and workflow.local_exec:
+    # Jobs run on this machine: a GPU or vLLM it lacks stops the run now, before any job. On a
+    # cluster each model stage checks its own node when it starts (fst.device.resolve).
+    _missing = sorted({p for cfg in POINT_CONFIG.values() for p in missing_here(cfg, _config_source())})
+    if _missing:
+        raise WorkflowError("\n".join(_missing))
 config.clear()
 config.update(POINT_CONFIG[POINTS[0]])  # keys shared by all points (experiment, arms, seeds, rounds, ...)
 
@@ -212,18 +219,14 @@ def fast_settings(wildcards):
         "fast": cfg["fast"],
         "reflection": cfg["reflection"],
         "sampling": _sampling(cfg),
-        "backend": settings.generation_backend(cfg),
-        "dtype": cfg["model"]["dtype"],
-    }
+    } | settings.runtime(cfg)
 
 
 def rollout_settings(wildcards):
     cfg = point_config(wildcards)
-    return _sampling(cfg) | {
-        "dtype": cfg["model"]["dtype"],
+    return _sampling(cfg) | settings.runtime(cfg) | {
         "group_size": cfg["rollout"]["group_size"],
         "problems": problems_per_round(cfg),
-        "backend": settings.generation_backend(cfg),
     }
 
 
@@ -233,7 +236,7 @@ def slow_settings(wildcards):
 
 def evaluate_settings(wildcards):
     cfg = point_config(wildcards)
-    return _sampling(cfg) | {"dtype": cfg["model"]["dtype"]} | {
+    return _sampling(cfg) | settings.runtime(cfg) | {
         key: cfg["evaluation"][key] for key in ("k", "ood_problems", "bootstrap_resamples", "bootstrap_seed")
     }
 

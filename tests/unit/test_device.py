@@ -1,0 +1,66 @@
+"""Device, dtype and engine resolution (`model.device`, `model.dtype`, `rollout.backend`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fst import device
+from fst.config import default_config
+from fst.device import DeviceUnavailable, Runtime, resolve
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def test_auto_is_the_cpu_with_float32_and_transformers_without_a_gpu():
+    assert not torch.cuda.is_available()  # the CI machine
+    assert resolve("auto", "auto", "auto") == Runtime("cpu", "float32", "transformers")
+    assert resolve("cpu", "bfloat16", "transformers") == Runtime("cpu", "bfloat16", "transformers")
+
+
+def test_auto_is_the_gpu_in_bf16_with_vllm_when_both_are_there(monkeypatch):
+    monkeypatch.setattr(device, "cuda_available", lambda: True)
+    monkeypatch.setattr(device, "vllm_installed", lambda: True)
+    assert resolve("auto", "auto", "auto") == Runtime("cuda", "bfloat16", "vllm")
+    monkeypatch.setattr(device, "vllm_installed", lambda: False)
+    assert resolve("auto", "auto", "auto") == Runtime("cuda", "bfloat16", "transformers")
+    assert resolve("cpu", "auto", "auto") == Runtime("cpu", "float32", "transformers")
+
+
+@pytest.mark.parametrize(
+    ("dev", "backend", "names"),
+    [
+        ("cuda", "transformers", ["model.device is 'cuda'", "model.device: auto"]),
+        ("auto", "vllm", ["rollout.backend is 'vllm'", "vllm==0.31.0", "rollout.backend: transformers"]),
+        ("cpu", "vllm", ["model.device is 'cpu'"]),
+    ],
+)
+def test_what_this_machine_lacks_is_refused_with_the_key_and_the_fix(dev, backend, names):
+    with pytest.raises(DeviceUnavailable) as error:
+        resolve(dev, "auto", backend, where="cfg.yaml")
+    for name in names:
+        assert name in str(error.value)
+    assert str(error.value).startswith("cfg.yaml: ")
+
+
+def test_a_run_that_asks_for_a_gpu_here_stops_before_any_job(tmp_path):
+    """`snakemake -n` (the local executor) refuses model.device: cuda on a machine without one."""
+    config = tmp_path / "gpu.yaml"
+    config.write_text("model: {device: cuda}\nrollout: {backend: vllm}\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(config), "--directory", str(tmp_path),
+         "--snakefile", str(REPO / "Snakefile")],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "model.device is 'cuda'" in out and "rollout.backend is 'vllm'" in out and str(config) in out
+    assert "Job stats" not in out  # no DAG was planned
+
+
+def test_the_defaults_ask_for_auto():
+    cfg = default_config()
+    assert (cfg["model"]["device"], cfg["model"]["dtype"], cfg["rollout"]["backend"]) == ("auto",) * 3
