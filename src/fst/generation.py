@@ -1,4 +1,4 @@
-"""Policy sampling with transformers on the CPU or the stage's GPU: the backend behind rollouts and evaluation.
+"""Policy sampling with transformers (CPU or the stage's GPU): the engine behind rollouts and evaluation.
 
 Samples from the full distribution softmax(logits / τ) — no top-k, no nucleus, none of the model's own
 generation defaults — because that is the distribution the slow stage's trainer scores (it recomputes

@@ -27,7 +27,8 @@ def runtime(cfg: dict) -> dict:
     They resolve on the machine that runs the stage (fst.device.resolve), not here: the machine that
     builds the DAG (a cluster's login node) need not have the job's GPU.
     """
-    return {"device": cfg["model"]["device"], "dtype": cfg["model"]["dtype"], "backend": cfg["rollout"]["backend"]}
+    model = cfg["model"]
+    return {"device": model["device"], "dtype": model["dtype"], "backend": cfg["rollout"]["backend"]}
 
 
 def slow(cfg: dict, seed: int) -> SlowConfig:

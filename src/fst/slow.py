@@ -333,9 +333,8 @@ def _trainer_class():
             ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
             mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
             with torch.no_grad():
-                return self._get_per_token_logps_and_entropies(
-                    self.model, ids, mask, batch["completion_ids"].size(1), self.args.per_device_train_batch_size
-                )[0]
+                width, batch_size = batch["completion_ids"].size(1), self.args.per_device_train_batch_size
+                return self._get_per_token_logps_and_entropies(self.model, ids, mask, width, batch_size)[0]
 
         def training_step(self, model, inputs, num_items_in_batch):
             """A step whose groups are all dropped takes no optimiser step.
