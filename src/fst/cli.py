@@ -117,7 +117,7 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
 
     fast = cfg["fast"]
     runtime = _runtime(cfg, prov)
-    model, tokenizer = _load_model(args.policy, runtime, prov)
+    model, tokenizer, engine = _generation(args.policy, runtime, cfg, prov)
     anchors, pareto = anchor_and_pareto_sets(
         load_split(args.data, "train"), args.seed, args.round, fast["anchors"], fast["pareto_problems"]
     )
@@ -126,7 +126,7 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
                             device=runtime.device)
     prov.record["reflection"] = describe(lm)
     reflection = GuardedReflection(lm)
-    adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed)
+    adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed, engine)
     settings = FastSettings(fast["budget"], fast["population_size"], fast["reflection_minibatch_size"], seed)
     previous = Path(args.previous_gepa_dir) if args.previous_gepa_dir else None
     with prov.timed("gepa"):
@@ -157,14 +157,41 @@ def _sampling_settings(cfg: dict):
     return SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["batch_size"])
 
 
-def _runtime(cfg: dict, prov: Provenance):
-    """The stage's device, dtype and generation engine on this machine (recorded in its provenance)."""
+def _runtime(cfg: dict, prov: Provenance, vllm: bool = True):
+    """The stage's device, dtype and generation engine on this machine (recorded in its provenance).
+
+    vllm=False: a stage that samples with transformers whatever the backend (the evaluations, which
+    score the same sequences under the policy's and the base model's logits).
+    """
+    from dataclasses import replace
+
     from fst import device
 
     runtime = device.resolve(cfg["device"], cfg["dtype"], cfg["backend"], where="model stage")
+    if runtime.backend == "vllm" and not vllm:
+        log.warning("this stage samples with transformers: vLLM serves rollouts and GEPA's metric calls only")
+        runtime = replace(runtime, backend="transformers")
     prov.record["runtime"] = device.describe(runtime)
     log.info("computing on %s in %s, generation with %s", runtime.device, runtime.dtype, runtime.backend)
     return runtime
+
+
+def _generation(policy: str, runtime, cfg: dict, prov: Provenance):
+    """(model or None, tokenizer, engine or None) for a generating stage on the resolved backend.
+
+    vLLM: an in-process engine on the policy (a LoRA adapter served on its base); transformers: the
+    policy loaded on the stage's device, sampled by fst.generation.sample.
+    """
+    if runtime.backend != "vllm":
+        return (*_load_model(policy, runtime, prov), None)
+    from fst.generation_vllm import VllmEngineSettings, open_vllm_sampler
+
+    with prov.timed("model_load"):
+        sampler = open_vllm_sampler(Path(policy), runtime.dtype, VllmEngineSettings(**cfg["vllm"]),
+                                    cfg["max_lora_rank"])
+    prov.record["runtime"]["engine"] = sampler.describe()
+    return None, sampler.tokenizer, lambda _tokenizer, prompts, settings, seed: sampler.sample(
+        prompts, settings, seed)
 
 
 def _load_model(policy: str, runtime, prov: Provenance):
@@ -186,7 +213,7 @@ def cmd_rollout(args) -> None:
     inputs = {"policy": args.policy, "population": args.population, "data": args.data}
     prov = Provenance("rollout", inputs, cfg, seed=args.seed)
     runtime = _runtime(cfg, prov)
-    model, tokenizer = _load_model(args.policy, runtime, prov)
+    model, tokenizer, engine = _generation(args.policy, runtime, cfg, prov)
     problems = round_problems(load_split(args.data, "train"), args.seed, args.round, cfg["problems"])
     settings = _sampling_settings(cfg)
     from fst.rollout import generate_rollouts
@@ -202,6 +229,7 @@ def cmd_rollout(args) -> None:
             seed=args.seed * 1_000_003 + args.round,
             round_index=args.round,
             backend=runtime.backend,
+            engine=engine,
         )
     artifacts.write_parquet(rows, args.out)
     prov.count(
@@ -278,7 +306,7 @@ def cmd_evaluate(args) -> None:
     inputs = {"policy": args.policy, "population": args.population,
               "seed_population": args.seed_population, "data": args.data}
     prov = Provenance("evaluate", inputs, cfg, seed=args.seed)
-    runtime = _runtime(cfg, prov)
+    runtime = _runtime(cfg, prov, vllm=False)
     model, tokenizer = _load_model(args.policy, runtime, prov)
     base = None
     if Path(args.policy).resolve() != Path(args.base_model).resolve():
@@ -338,7 +366,7 @@ def cmd_evaluate_test(args) -> None:
     inputs |= {f"population_after{r}": states[r][2] for r in sorted(set(chosen.values()))}
     prov = Provenance("evaluate_test", inputs, cfg, seed=args.seed)
     test = load_split(args.data, "test")
-    runtime = _runtime(cfg, prov)
+    runtime = _runtime(cfg, prov, vllm=False)
     rows, frames, done = [], [], {}
     for selection, after in chosen.items():
         if after not in done:
@@ -376,7 +404,7 @@ def cmd_decompose(args) -> None:
     inputs = {"policy": args.policy, "base_model": args.base_model, "population": args.population,
               "seed_population": args.seed_population, "data": args.data}
     prov = Provenance("decompose", inputs, cfg, seed=args.seed)
-    runtime = _runtime(cfg, prov)
+    runtime = _runtime(cfg, prov, vllm=False)
     trained, tokenizer = _load_model(args.policy, runtime, prov)
     with prov.timed("base_model_load"):
         base, _ = load_policy(Path(args.base_model), runtime.dtype, runtime.device)

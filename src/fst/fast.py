@@ -36,6 +36,7 @@ import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -116,8 +117,10 @@ class PolicyAdapter:
 
     propose_new_texts = None  # GEPA's own reflective proposal (template + extractor) with our LM
 
-    def __init__(self, model, tokenizer, settings: SamplingSettings, seed: int):
+    def __init__(self, model, tokenizer, settings: SamplingSettings, seed: int, engine=None):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
+        # engine(tokenizer, prompts, settings, seed): transformers' sampling on `model` unless given
+        self.engine = engine or partial(sample, model)
         self.seed = seed  # sampling seed base of a search started from scratch
         self.seed_base = seed  # that of the search being run (a continued one keeps its own)
         self.round_index = 0
@@ -137,7 +140,7 @@ class PolicyAdapter:
         prompts = [chat_prompt_ids(self.tokenizer, system, p.question) for p in batch]
         first = len(self.calls) if self.calls is not None else len(self.records)
         seed = self.seed_base + first
-        done = sample(self.model, self.tokenizer, prompts, self.settings, seed)
+        done = self.engine(self.tokenizer, prompts, self.settings, seed)
         scores = [score_reply(p, c.text) for p, c in zip(batch, done, strict=True)]
         traces = [
             {"question": p.question, "reply": c.text, "feedback": s.feedback, "reward": s.reward}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import pandas as pd
 
@@ -23,8 +24,13 @@ def generate_rollouts(
     seed: int,
     round_index: int,
     backend: str,
+    engine=None,
 ) -> pd.DataFrame:
-    """One row per completion with everything the model saw and produced (DESIGN.md "rollouts")."""
+    """One row per completion with everything the model saw and produced (DESIGN.md "rollouts").
+
+    `engine(prompts, settings, seed)` samples them: transformers' `sample` on `model` unless another
+    engine (vLLM's, fst.generation_vllm) is given.
+    """
     plan = [
         (group, sample_index, problem, member)
         for group, problem in enumerate(problems)
@@ -32,7 +38,7 @@ def generate_rollouts(
     ]
     prompts = [chat_prompt_ids(tokenizer, m.text, p.question) for _, _, p, m in plan]
     log.info("round %d: %d problems × %d samples", round_index, len(problems), group_size)
-    completions = sample(model, tokenizer, prompts, settings, seed)
+    completions = (engine or partial(sample, model))(tokenizer, prompts, settings, seed)
     rows = [
         {
             "round": round_index,

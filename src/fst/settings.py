@@ -31,6 +31,11 @@ def runtime(cfg: dict) -> dict:
     return {"device": model["device"], "dtype": model["dtype"], "backend": cfg["rollout"]["backend"]}
 
 
+def engine(cfg: dict) -> dict:
+    """The vLLM engine settings of the generating stages (used when the backend resolves to vllm)."""
+    return {"vllm": dict(cfg["rollout"]["vllm"]), "max_lora_rank": cfg["slow"]["lora"]["r"]}
+
+
 def slow(cfg: dict, seed: int) -> SlowConfig:
     """The slow stage's CISPO settings; group size, token limit and τ are the rollouts' own."""
     settings = dict(cfg["slow"])

@@ -219,12 +219,12 @@ def fast_settings(wildcards):
         "fast": cfg["fast"],
         "reflection": cfg["reflection"],
         "sampling": _sampling(cfg),
-    } | settings.runtime(cfg)
+    } | settings.runtime(cfg) | settings.engine(cfg)
 
 
 def rollout_settings(wildcards):
     cfg = point_config(wildcards)
-    return _sampling(cfg) | settings.runtime(cfg) | {
+    return _sampling(cfg) | settings.runtime(cfg) | settings.engine(cfg) | {
         "group_size": cfg["rollout"]["group_size"],
         "problems": problems_per_round(cfg),
     }
