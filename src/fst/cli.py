@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -256,9 +257,24 @@ def cmd_score(args) -> None:
     prov.write(args.provenance, {"scored": args.out})
 
 
+def _one_gpu_for_slow() -> None:
+    """The slow stage trains in one process on one GPU (multi-GPU launch is not built yet).
+
+    Given several GPUs, a single-process Trainer would wrap the model in DataParallel, which our
+    per-step loss normaliser does not account for: keep the first GPU, before CUDA starts.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit("fst slow runs in one process: launch it without accelerate/torchrun")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    if "," in visible:
+        log.warning("slow stage: %s GPUs visible, training on the first only", visible.count(",") + 1)
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0]
+
+
 def cmd_slow(args) -> None:
     """Slow stage: T CISPO steps (TRL) on the round's stored, scored rollouts."""
     cfg = _json(args.settings)
+    _one_gpu_for_slow()
     inputs = {"scored": args.scored, "policy_in": args.policy_in, "base_model": args.base_model}
     prov = Provenance("slow", inputs, cfg, seed=cfg.get("seed"))
     with prov.timed("imports"):

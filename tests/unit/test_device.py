@@ -64,3 +64,14 @@ def test_a_run_that_asks_for_a_gpu_here_stops_before_any_job(tmp_path):
 def test_the_defaults_ask_for_auto():
     cfg = default_config()
     assert (cfg["model"]["device"], cfg["model"]["dtype"], cfg["rollout"]["backend"]) == ("auto",) * 3
+
+
+def test_the_slow_stage_keeps_one_gpu_and_refuses_a_multi_process_launch(monkeypatch):
+    from fst.cli import _one_gpu_for_slow
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    _one_gpu_for_slow()
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="one process"):
+        _one_gpu_for_slow()
