@@ -130,6 +130,7 @@ def token_kl(model, base, samples: pd.DataFrame, temperature: float, batch_size:
             attention[row, : len(seq)] = 1
             # logits at position t predict token t+1: completion tokens are predicted from len(prompt)-1
             targets[row, len(prompt) - 1 : len(seq) - 1] = True
+        ids, attention, targets = (t.to(model.device) for t in (ids, attention, targets))  # a GPU model
         with torch.inference_mode():
             logits_p = model(input_ids=ids, attention_mask=attention).logits.float() / temperature
             logits_q = base(input_ids=ids, attention_mask=attention).logits.float() / temperature
