@@ -5,7 +5,7 @@ BIN := $(abspath $(VENV))/bin
 CORES ?= 2
 export PATH := $(BIN):$(PATH)
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench gpu-check clean
 
 $(VENV)/.installed: requirements.txt requirements-torch.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,6 +32,12 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	python benchmarks/bench_rollout.py
 	python benchmarks/bench_slow.py
+
+# One GPU, no weights, no network, under 5 minutes (see benchmarks/README.md). Needs torch with CUDA,
+# transformers, and for its stages trl/peft (and vLLM where installed); no venv target: the GPU
+# environment is not the CPU venv this Makefile builds.
+gpu-check:
+	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} python benchmarks/gpu_check.py --out results/gpu_check.json
 
 clean:
 	rm -rf results/default .snakemake
