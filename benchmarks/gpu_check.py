@@ -13,8 +13,9 @@ Per shape, in order:
 
 1. rollout: generation through `fst.generation.sample` (the rollout stage's sampler: transformers
    `generate` with output_scores and per-token log-probs), after one short untimed warm-up; then,
-   where `import vllm` works and the device is a GPU, the same prompts through vLLM (eager mode, so
-   no compile or graph-capture start-up) from the model saved to a temporary folder;
+   where `import vllm` works and the device is a GPU, the same prompts through the stages' own vLLM
+   sampler (`fst.generation_vllm.open_vllm_sampler`: eager mode, so no compile or graph-capture
+   start-up, explicit sampling settings, per-request seeds) from the model saved to a folder;
 2. slow: CISPO steps with the slow stage's own trainer (`fst.slow`'s StoredRolloutTrainer, its
    GRPOConfig from `grpo_args`, the stored rollouts served by `StoredRollouts`) on the rollouts of
    stage 1 with random rewards, gradient checkpointing on; full fine-tuning for qwen3-0.6b and tiny,
@@ -201,28 +202,30 @@ def rollout_vllm(ctx) -> dict:
     if ctx["no_vllm"]:
         return skipped(ctx["shape"], "rollout (vLLM)", "--no-vllm")
     try:
-        vllm = need("vllm", "rollout (vLLM)")
+        need("vllm", "rollout (vLLM)")
     except Missing:
         return skipped(ctx["shape"], "rollout (vLLM)", "vLLM not installed")
+    from fst.generation import SamplingSettings
+    from fst.generation_vllm import VllmEngineSettings, open_vllm_sampler
+
     s = ctx["sizes"]
     folder = saved_model(ctx)
+    engine = VllmEngineSettings(gpu_memory_utilization=0.5, max_model_len=s.prompt_len + s.new_tokens + 16,
+                                tensor_parallel_size=1, enforce_eager=True)  # fmt: skip
     t0 = time.perf_counter()
-    llm = vllm.LLM(model=str(folder), dtype="bfloat16", enforce_eager=True, gpu_memory_utilization=0.5,
-                   max_model_len=s.prompt_len + s.new_tokens + 16, seed=SEED)  # fmt: skip
+    sampler = open_vllm_sampler(folder, "bfloat16", engine, max_lora_rank=16)  # the stages' own engine
     start_s = time.perf_counter() - t0
-    params = vllm.SamplingParams(temperature=TEMPERATURE, top_k=-1, top_p=1.0, max_tokens=s.new_tokens,
-                                 ignore_eos=True, logprobs=0, seed=SEED)  # fmt: skip
-    prompts = [{"prompt_token_ids": p} for p in ctx["prompts"]]
-    llm.generate(prompts[:2], vllm.SamplingParams(max_tokens=2))  # warm-up
+    settings = SamplingSettings(max_new_tokens=s.new_tokens, temperature=TEMPERATURE, batch_size=s.prompts)
+    sampler.sample(ctx["prompts"][:2], replace(settings, max_new_tokens=2), SEED)  # warm-up
     t0 = time.perf_counter()
-    outputs = llm.generate(prompts, params, use_tqdm=False)
+    completions = sampler.sample(ctx["prompts"], settings, SEED)
     seconds = time.perf_counter() - t0
-    new = sum(len(o.outputs[0].token_ids) for o in outputs)
+    new = sum(len(c.ids) for c in completions)
     processed = new + s.prompts * s.prompt_len
-    del llm
-    gc.collect()
+    sampler.close()
     return row(ctx["shape"], "rollout (vLLM)", new, seconds, 2 * ctx["n"] * processed, None, ctx["peak"],
-               engine_start_s=start_s, note="eager mode; peak memory in vLLM's own process")
+               engine_start_s=start_s, note="eager mode; peak memory in vLLM's own process; "
+               "fst.generation_vllm's sampler (stops at the end token)")
 
 
 def saved_model(ctx) -> Path:

@@ -12,6 +12,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -118,7 +122,7 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
 
     fast = cfg["fast"]
     runtime = _runtime(cfg, prov)
-    model, tokenizer, engine = _generation(args.policy, runtime, cfg, prov)
+    generation = _generation(args.policy, runtime, cfg, prov)
     anchors, pareto = anchor_and_pareto_sets(
         load_split(args.data, "train"), args.seed, args.round, fast["anchors"], fast["pareto_problems"]
     )
@@ -127,7 +131,8 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
                             device=runtime.device)
     prov.record["reflection"] = describe(lm)
     reflection = GuardedReflection(lm)
-    adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**cfg["sampling"]), seed, engine)
+    adapter = PolicyAdapter(generation.model, generation.tokenizer, SamplingSettings(**cfg["sampling"]), seed,
+                            generation.engine)
     settings = FastSettings(fast["budget"], fast["population_size"], fast["reflection_minibatch_size"], seed)
     previous = Path(args.previous_gepa_dir) if args.previous_gepa_dir else None
     with prov.timed("gepa"):
@@ -158,41 +163,62 @@ def _sampling_settings(cfg: dict):
     return SamplingSettings(cfg["max_new_tokens"], cfg["temperature"], cfg["batch_size"])
 
 
-def _runtime(cfg: dict, prov: Provenance, vllm: bool = True):
-    """The stage's device, dtype and generation engine on this machine (recorded in its provenance).
-
-    vllm=False: a stage that samples with transformers whatever the backend (the evaluations, which
-    score the same sequences under the policy's and the base model's logits).
-    """
-    from dataclasses import replace
-
+def _runtime(cfg: dict, prov: Provenance):
+    """The stage's device, dtype and generation engine on this machine (recorded in its provenance)."""
     from fst import device
 
     runtime = device.resolve(cfg["device"], cfg["dtype"], cfg["backend"], where="model stage")
-    if runtime.backend == "vllm" and not vllm:
-        log.warning("this stage samples with transformers: vLLM serves rollouts and GEPA's metric calls only")
-        runtime = replace(runtime, backend="transformers")
     prov.record["runtime"] = device.describe(runtime)
     log.info("computing on %s in %s, generation with %s", runtime.device, runtime.dtype, runtime.backend)
     return runtime
 
 
-def _generation(policy: str, runtime, cfg: dict, prov: Provenance):
-    """(model or None, tokenizer, engine or None) for a generating stage on the resolved backend.
+@dataclass
+class Generation:
+    """A stage's sampling engine on one policy: `engine(tokenizer, prompts, settings, seed)`.
+
+    `model` is the transformers policy (None when vLLM samples); `close()` gives the GPU memory back.
+    """
+
+    model: object | None
+    tokenizer: object
+    engine: Callable
+    close: Callable[[], None]
+
+
+def _generation(policy: str, runtime, cfg: dict, prov: Provenance) -> Generation:
+    """The resolved backend's engine on `policy`.
 
     vLLM: an in-process engine on the policy (a LoRA adapter served on its base); transformers: the
     policy loaded on the stage's device, sampled by fst.generation.sample.
     """
     if runtime.backend != "vllm":
-        return (*_load_model(policy, runtime, prov), None)
+        from fst.device import release_gpu_memory
+        from fst.generation import sample
+
+        model, tokenizer = _load_model(policy, runtime, prov)
+        return Generation(model, tokenizer, partial(sample, model), release_gpu_memory)
     from fst.generation_vllm import VllmEngineSettings, open_vllm_sampler
 
     with prov.timed("model_load"):
         sampler = open_vllm_sampler(Path(policy), runtime.dtype, VllmEngineSettings(**cfg["vllm"]),
                                     cfg["max_lora_rank"])
-    prov.record["runtime"]["engine"] = sampler.describe()
-    return None, sampler.tokenizer, lambda _tokenizer, prompts, settings, seed: sampler.sample(
-        prompts, settings, seed)
+    prov.record["runtime"].setdefault("engines", {})[str(policy)] = sampler.describe()
+
+    def engine(_tokenizer, prompts, settings, seed):
+        return sampler.sample(prompts, settings, seed)
+
+    return Generation(None, sampler.tokenizer, engine, sampler.close)
+
+
+@contextmanager
+def _opened(policy: str, runtime, cfg: dict, prov: Provenance):
+    """`_generation` for one part of a stage: its engine is closed when the part is done."""
+    generation = _generation(policy, runtime, cfg, prov)
+    try:
+        yield generation
+    finally:
+        generation.close()
 
 
 def _load_model(policy: str, runtime, prov: Provenance):
@@ -214,15 +240,15 @@ def cmd_rollout(args) -> None:
     inputs = {"policy": args.policy, "population": args.population, "data": args.data}
     prov = Provenance("rollout", inputs, cfg, seed=args.seed)
     runtime = _runtime(cfg, prov)
-    model, tokenizer, engine = _generation(args.policy, runtime, cfg, prov)
+    generation = _generation(args.policy, runtime, cfg, prov)
     problems = round_problems(load_split(args.data, "train"), args.seed, args.round, cfg["problems"])
     settings = _sampling_settings(cfg)
     from fst.rollout import generate_rollouts
 
     with prov.timed("generate"):
         rows = generate_rollouts(
-            model,
-            tokenizer,
+            generation.model,
+            generation.tokenizer,
             problems,
             load_population(args.population),
             cfg["group_size"],
@@ -230,7 +256,7 @@ def cmd_rollout(args) -> None:
             seed=args.seed * 1_000_003 + args.round,
             round_index=args.round,
             backend=runtime.backend,
-            engine=engine,
+            engine=generation.engine,
         )
     artifacts.write_parquet(rows, args.out)
     prov.count(
@@ -322,33 +348,39 @@ def cmd_evaluate(args) -> None:
     inputs = {"policy": args.policy, "population": args.population,
               "seed_population": args.seed_population, "data": args.data}
     prov = Provenance("evaluate", inputs, cfg, seed=args.seed)
-    runtime = _runtime(cfg, prov, vllm=False)
-    model, tokenizer = _load_model(args.policy, runtime, prov)
-    base = None
-    if Path(args.policy).resolve() != Path(args.base_model).resolve():
-        with prov.timed("base_model_load"):
-            base, _ = load_policy(Path(args.base_model), runtime.dtype, runtime.device)
+    runtime = _runtime(cfg, prov)
     ood = {}
     for path in args.ood:
         frame = pd.read_parquet(path)
         problems = frame_to_problems(frame[frame["split"] == "val"])[: cfg["ood_problems"]]
         if problems:
             ood[problems[0].task] = problems
-    settings = _sampling_settings(cfg)
-    with prov.timed("generate_and_score"):
-        table, samples = evaluate(
-            model,
-            tokenizer,
-            base,
-            load_split(args.data, "val"),
-            best_member(load_population(args.population)),
-            best_member(load_population(args.seed_population)),
-            ood,
-            cfg["k"],
-            settings,
-            seed=evaluation_seed(args.seed),
-            bootstrap=_bootstrap(cfg),
-        )
+    with _opened(args.policy, runtime, cfg, prov) as generation:
+
+        def kl_models():
+            """(policy, base) for the KL, once sampling is done (a vLLM engine closes first)."""
+            model = generation.model
+            if model is None:
+                generation.close()
+                model, _ = _load_model(args.policy, runtime, prov)
+            with prov.timed("base_model_load"):
+                return model, load_policy(Path(args.base_model), runtime.dtype, runtime.device)[0]
+
+        policy_is_base = Path(args.policy).resolve() == Path(args.base_model).resolve()
+        with prov.timed("generate_and_score"):
+            table, samples = evaluate(
+                generation.engine,
+                generation.tokenizer,
+                None if policy_is_base else kl_models,
+                load_split(args.data, "val"),
+                best_member(load_population(args.population)),
+                best_member(load_population(args.seed_population)),
+                ood,
+                cfg["k"],
+                _sampling_settings(cfg),
+                seed=evaluation_seed(args.seed),
+                bootstrap=_bootstrap(cfg),
+            )
     table.insert(0, "after_rounds", args.after_rounds)
     artifacts.write_parquet(table, args.out)
     artifacts.write_parquet(samples, args.samples)
@@ -382,16 +414,16 @@ def cmd_evaluate_test(args) -> None:
     inputs |= {f"population_after{r}": states[r][2] for r in sorted(set(chosen.values()))}
     prov = Provenance("evaluate_test", inputs, cfg, seed=args.seed)
     test = load_split(args.data, "test")
-    runtime = _runtime(cfg, prov, vllm=False)
+    runtime = _runtime(cfg, prov)
     rows, frames, done = [], [], {}
     for selection, after in chosen.items():
         if after not in done:
             _, policy, population = states[after]
-            model, tokenizer = _load_model(policy, runtime, prov)
-            with prov.timed(f"generate_and_score_after{after}"):
+            with _opened(policy, runtime, cfg, prov) as generation, \
+                    prov.timed(f"generate_and_score_after{after}"):
                 done[after] = evaluate_test(
-                    model, tokenizer, test, best_member(load_population(population)), cfg["k"],
-                    _sampling_settings(cfg), evaluation_seed(args.seed), _bootstrap(cfg),
+                    generation.engine, generation.tokenizer, test, best_member(load_population(population)),
+                    cfg["k"], _sampling_settings(cfg), evaluation_seed(args.seed), _bootstrap(cfg),
                 )
             frames.append(done[after][1].assign(after_rounds=after))
         table = done[after][0].assign(selection=selection, after_rounds=after, split="test",
@@ -413,24 +445,31 @@ def cmd_decompose(args) -> None:
     """Channel decomposition: {base, trained} weights x {seed, evolved} prompt, validation mean@k."""
     from fst.data import load_split
     from fst.evaluate import channel_decomposition, evaluation_seed
-    from fst.policy import load_policy
+    from fst.policy import load_tokenizer
     from fst.population import best_member, load_population
 
     cfg = _json(args.settings)
     inputs = {"policy": args.policy, "base_model": args.base_model, "population": args.population,
               "seed_population": args.seed_population, "data": args.data}
     prov = Provenance("decompose", inputs, cfg, seed=args.seed)
-    runtime = _runtime(cfg, prov, vllm=False)
-    trained, tokenizer = _load_model(args.policy, runtime, prov)
-    with prov.timed("base_model_load"):
-        base, _ = load_policy(Path(args.base_model), runtime.dtype, runtime.device)
+    runtime = _runtime(cfg, prov)
+
+    def engine_on(policy):
+        @contextmanager
+        def opened():
+            with _opened(policy, runtime, cfg, prov) as generation:
+                yield generation.engine
+
+        return opened
+
     prompts = {"seed": best_member(load_population(args.seed_population)),
                "evolved": best_member(load_population(args.population))}
     settings = _sampling_settings(cfg)
     with prov.timed("generate_and_score"):
         table, samples = channel_decomposition(
-            {"base": base, "trained": trained}, tokenizer, load_split(args.data, "val"), prompts, cfg["k"],
-            settings, seed=evaluation_seed(args.seed), bootstrap=_bootstrap(cfg),
+            {"base": engine_on(args.base_model), "trained": engine_on(args.policy)},
+            load_tokenizer(Path(args.policy)), load_split(args.data, "val"), prompts, cfg["k"], settings,
+            seed=evaluation_seed(args.seed), bootstrap=_bootstrap(cfg),
         )
     table.insert(0, "after_rounds", args.after_rounds)
     artifacts.write_parquet(table, args.out)

@@ -73,6 +73,17 @@ def resolve(device: str, dtype: str, backend: str, where: str = "settings") -> R
     return Runtime("cuda" if on_gpu else "cpu", chosen_dtype, backend)
 
 
+def release_gpu_memory() -> None:
+    """Collect dropped models and return the CUDA allocator's cache (a no-op without CUDA)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def describe(runtime: Runtime) -> dict:
     """Provenance: what the stage ran on (device name and memory on a GPU)."""
     import torch

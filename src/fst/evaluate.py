@@ -14,6 +14,12 @@ differ only by weights and prompt: the same weights and prompt give the same num
 
 Intervals: every fraction (mean@k, truncated, greedy accuracy) gets a 95% percentile bootstrap
 interval over problems (scipy.stats.bootstrap, fixed seed), in columns ci95_low / ci95_high.
+
+Engines: every function here samples through an `engine(tokenizer, prompts, settings, seed)`, the
+contract of the rollouts and GEPA's metric calls: `partial(fst.generation.sample, model)` with
+transformers, a vLLM sampler's (fst.generation_vllm) on a GPU. The KL is scored with transformers
+models in either case (the logits of two models over the same sequences); they are asked for only
+once every sample is drawn, so that a vLLM engine can give its GPU memory back first.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fst.generation import SamplingSettings, chat_prompt_ids, sample
+from fst.generation import SamplingSettings, chat_prompt_ids
 from fst.population import Member
 from fst.tasks import Problem, score_reply
 
@@ -100,10 +106,10 @@ def _score_samples(problems, prompts, completions, system_text, label) -> pd.Dat
     return pd.DataFrame(rows)
 
 
-def sample_and_score(model, tokenizer, problems, system_text, repeats, settings, seed, label):
+def sample_and_score(engine, tokenizer, problems, system_text, repeats, settings, seed, label):
     expanded = [p for p in problems for _ in range(repeats)]
     prompts = [chat_prompt_ids(tokenizer, system_text, p.question) for p in expanded]
-    completions = sample(model, tokenizer, prompts, settings, seed)
+    completions = engine(tokenizer, prompts, settings, seed)
     return _score_samples(expanded, prompts, completions, system_text, label)
 
 
@@ -142,9 +148,9 @@ def token_kl(model, base, samples: pd.DataFrame, temperature: float, batch_size:
 
 
 def evaluate(
-    model,
+    engine,
     tokenizer,
-    base_model,
+    kl_models,
     val: list[Problem],
     member: Member,
     seed_member: Member,
@@ -157,35 +163,41 @@ def evaluate(
     """Returns (metrics: one row per task/setting/metric, samples: every scored completion).
 
     `member` is the arm's prompt, `seed_member` the seed prompt (the context of `kl_to_base`).
-    `base_model` None means the policy is the base model itself (KL is then exactly 0, not sampled).
+    `kl_models` is None when the policy is the base model itself (KL is then exactly 0, not sampled),
+    else a function returning (policy, base) transformers models, called once all samples are drawn.
     """
     task, own = val[0].task, f"prompt:{member.id}"
-    val_samples = sample_and_score(model, tokenizer, val, member.text, k, settings, seed, own)
+    context = f"prompt:{seed_member.id}"
+    val_samples = sample_and_score(engine, tokenizer, val, member.text, k, settings, seed, own)
+    frames = [val_samples]
+    seed_samples = val_samples
+    if kl_models is not None and member.text != seed_member.text:
+        # the seed prompt's context: sampled from π_θ at τ with the same seed
+        seed_samples = sample_and_score(
+            engine, tokenizer, val, seed_member.text, k, settings, seed, f"kl_context:{context}"
+        )
+        frames.append(seed_samples)
+    greedy = SamplingSettings(settings.max_new_tokens, 0.0, settings.batch_size)
+    ood_frames = {
+        ood_task: sample_and_score(engine, tokenizer, problems, NO_PROMPT, 1, greedy, seed, "none")
+        for ood_task, problems in ood.items()
+    }
+    if kl_models is None:
+        kl = own_kl = 0.0
+    else:
+        model, base_model = kl_models()
+        own_kl = token_kl(model, base_model, val_samples, settings.temperature)
+        same = seed_samples is val_samples
+        kl = own_kl if same else token_kl(model, base_model, seed_samples, settings.temperature)
     truncated = val_samples.assign(length=(val_samples["finish_reason"] == "length").astype(float))
+    nan = float("nan")
     metrics = [
         _row(task, own, f"mean@{k}", per_problem(val_samples), bootstrap),
         _row(task, own, "truncated", per_problem(truncated, "length"), bootstrap),
+        (task, context, "kl_to_base", kl, len(val), nan, nan),
+        (task, own, "kl_to_base_own_prompt", own_kl, len(val), nan, nan),
     ]
-    frames = [val_samples]
-    context = f"prompt:{seed_member.id}"
-    if base_model is None:
-        kl = own_kl = 0.0
-    else:
-        own_kl = token_kl(model, base_model, val_samples, settings.temperature)
-        if member.text == seed_member.text:
-            kl = own_kl
-        else:  # the seed prompt's context: sampled from π_θ at τ with the same seed
-            seed_samples = sample_and_score(
-                model, tokenizer, val, seed_member.text, k, settings, seed, f"kl_context:{context}"
-            )
-            frames.append(seed_samples)
-            kl = token_kl(model, base_model, seed_samples, settings.temperature)
-    nan = float("nan")
-    metrics.append((task, context, "kl_to_base", kl, len(val), nan, nan))
-    metrics.append((task, own, "kl_to_base_own_prompt", own_kl, len(val), nan, nan))
-    greedy = SamplingSettings(settings.max_new_tokens, 0.0, settings.batch_size)
-    for ood_task, problems in ood.items():
-        ood_samples = sample_and_score(model, tokenizer, problems, NO_PROMPT, 1, greedy, seed, "none")
+    for ood_task, ood_samples in ood_frames.items():
         frames.append(ood_samples)
         metrics.append(_row(ood_task, "none", "greedy_accuracy", per_problem(ood_samples), bootstrap))
         log.info("ood %s: %.3f", ood_task, ood_samples["reward"].mean())
@@ -201,12 +213,12 @@ def select_round(validation: dict[int, float]) -> int:
 
 
 def evaluate_test(
-    model, tokenizer, test: list[Problem], member: Member, k: int, settings: SamplingSettings, seed: int,
+    engine, tokenizer, test: list[Problem], member: Member, k: int, settings: SamplingSettings, seed: int,
     bootstrap: Bootstrap,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Held-out test mean@k of one weights/prompt pair: (one metric row, the scored samples)."""
     setting = f"prompt:{member.id}"
-    samples = sample_and_score(model, tokenizer, test, member.text, k, settings, seed, setting)
+    samples = sample_and_score(engine, tokenizer, test, member.text, k, settings, seed, setting)
     row = _row(test[0].task, setting, f"mean@{k}", per_problem(samples), bootstrap)
     return pd.DataFrame([row], columns=METRIC_COLUMNS), samples
 
@@ -217,16 +229,19 @@ def channel_decomposition(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Validation mean@k of every {weights} x {prompt} combination, with one sampling seed for all.
 
-    `weights` maps a name ("base", "trained") to a model, `prompts` a name ("seed", "evolved") to a
-    population member. The run's evaluation seed (common random numbers) makes the cells' differences
-    due to weights and prompt rather than to the draw, and the base-weights + seed-prompt cell equal to
-    the run's evaluation before any training.
+    `weights` maps a name ("base", "trained") to a function that opens an engine on those weights as a
+    context manager (one engine at a time: on a GPU, two vLLM engines would not fit together),
+    `prompts` a name ("seed", "evolved") to a population member. The run's evaluation seed (common
+    random numbers) makes the cells' differences due to weights and prompt rather than to the draw,
+    and the base-weights + seed-prompt cell equal to the run's evaluation before any training.
     """
     rows, frames = [], []
-    for weights_name, model in weights.items():
+    for weights_name, opened in weights.items():
+        with opened() as engine:
+            cells = {name: sample_and_score(engine, tokenizer, val, member.text, k, settings, seed,
+                                            f"prompt:{member.id}") for name, member in prompts.items()}
         for prompt_name, member in prompts.items():
-            label = f"prompt:{member.id}"
-            samples = sample_and_score(model, tokenizer, val, member.text, k, settings, seed, label)
+            label, samples = f"prompt:{member.id}", cells[prompt_name]
             samples.insert(0, "weights", weights_name)
             samples.insert(1, "prompt", prompt_name)
             frames.append(samples)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fst.device import release_gpu_memory
 from fst.generation import Completion, SamplingSettings
 from fst.policy import base_model_of, load_tokenizer, policy_kind
 
@@ -103,6 +104,20 @@ class VllmSampler:
 
     def describe(self) -> dict:
         return self.record
+
+    def close(self) -> None:
+        """Give the engine's GPU memory back, before the stage loads other models (idempotent).
+
+        LLM.shutdown() where vLLM has it (its engine core then stops at once), else the engine is
+        dropped and collected; either way the CUDA cache is emptied.
+        """
+        if self.llm is None:
+            return
+        shutdown = getattr(self.llm, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self.llm = None
+        release_gpu_memory()
 
 
 def open_vllm_sampler(policy_dir: Path, dtype: str, engine: VllmEngineSettings, max_lora_rank: int):

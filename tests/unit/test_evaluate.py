@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import math
+from contextlib import nullcontext
+from functools import partial
 
 import pandas as pd
 import pytest
@@ -19,7 +21,7 @@ from fst.evaluate import (
     select_round,
     token_kl,
 )
-from fst.generation import SamplingSettings, chat_prompt_ids
+from fst.generation import SamplingSettings, chat_prompt_ids, sample
 from fst.population import Member
 from fst.tasks.splits import make_splits
 
@@ -56,7 +58,8 @@ def problems():
 @pytest.fixture(scope="module")
 def samples(tiny, problems):
     model, tokenizer = tiny
-    return sample_and_score(model, tokenizer, problems[0], MEMBER.text, 2, SETTINGS, 0, "prompt:m1")
+    engine = partial(sample, model)
+    return sample_and_score(engine, tokenizer, problems[0], MEMBER.text, 2, SETTINGS, 0, "prompt:m1")
 
 
 def direct_kl(p_model, q_model, prompt, completion, temperature=1.0) -> tuple[float, int]:
@@ -133,10 +136,12 @@ def test_kl_is_taken_between_the_temperature_tau_distributions(tiny, other, prob
 def test_evaluate_metric_rows_and_samples(tiny, other, problems, drifted):
     model, tokenizer = tiny
     val, ood = problems
-    policy, base = (other, model) if drifted else (model, None)
+    policy = other if drifted else model
+    kl_models = (lambda: (other, model)) if drifted else None
     k = 2
     metrics, samples = evaluate(
-        policy, tokenizer, base, val, MEMBER, SEED_MEMBER, ood, k, SETTINGS, seed=4, bootstrap=BOOTSTRAP
+        partial(sample, policy), tokenizer, kl_models, val, MEMBER, SEED_MEMBER, ood, k, SETTINGS, seed=4,
+        bootstrap=BOOTSTRAP,
     )
     assert list(metrics.columns) == ["task", "setting", "metric", "value", "n", "ci95_low", "ci95_high"]
     rows = {(r.task, r.setting, r.metric): (r.value, r.n) for r in metrics.itertuples()}
@@ -183,18 +188,21 @@ def test_kl_to_base_is_measured_in_the_seed_prompts_context(tiny, other, problem
     arm's own prompt gives the second number. With the seed prompt itself both are one number."""
     model, tokenizer = tiny
     val = problems[0]
+    drifted = partial(sample, other)
     metrics, samples = evaluate(
-        other, tokenizer, model, val, MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 4, BOOTSTRAP
+        drifted, tokenizer, lambda: (other, model), val, MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 4, BOOTSTRAP
     )
     values = metrics.set_index("metric")["value"]
-    in_seed_context = sample_and_score(other, tokenizer, val, SEED_MEMBER.text, 2, SETTINGS, 4, "x")
+    in_seed_context = sample_and_score(drifted, tokenizer, val, SEED_MEMBER.text, 2, SETTINGS, 4, "x")
     assert values["kl_to_base"] == pytest.approx(token_kl(other, model, in_seed_context, 0.7), rel=1e-6)
     context_rows = samples[samples["setting"] == "kl_context:prompt:seed"]
     assert list(context_rows["completion_text"]) == list(in_seed_context["completion_text"])
     own = samples[samples["setting"] == "prompt:m1"]
     assert values["kl_to_base_own_prompt"] == pytest.approx(token_kl(other, model, own, 0.7), rel=1e-6)
     assert values["kl_to_base"] != pytest.approx(values["kl_to_base_own_prompt"], rel=1e-3)
-    same, _ = evaluate(other, tokenizer, model, val, SEED_MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 4, BOOTSTRAP)
+    models = lambda: (other, model)  # noqa: E731
+    seed_only = SEED_MEMBER
+    same, _ = evaluate(drifted, tokenizer, models, val, seed_only, seed_only, {}, 2, SETTINGS, 4, BOOTSTRAP)
     same_values = same.set_index("metric")["value"]
     assert same_values["kl_to_base"] == same_values["kl_to_base_own_prompt"] == values["kl_to_base"]
 
@@ -217,9 +225,10 @@ def test_select_round_is_the_running_maximum_earliest_on_ties():
 def test_test_evaluation_is_the_validation_sampling_on_the_test_split(tiny, problems):
     model, tokenizer = tiny
     test = make_splits("arithmetic", 0, {"test": 3})["test"]
-    table, samples = evaluate_test(model, tokenizer, test, MEMBER, 2, SETTINGS, 7, BOOTSTRAP)
+    engine = partial(sample, model)
+    table, samples = evaluate_test(engine, tokenizer, test, MEMBER, 2, SETTINGS, 7, BOOTSTRAP)
     (row,) = table.to_dict("records")
-    alone = sample_and_score(model, tokenizer, test, MEMBER.text, 2, SETTINGS, 7, "prompt:m1")
+    alone = sample_and_score(engine, tokenizer, test, MEMBER.text, 2, SETTINGS, 7, "prompt:m1")
     assert row["metric"] == "mean@2" and row["n"] == 3
     assert row["value"] == pytest.approx(alone["reward"].mean())
     assert list(samples["completion_text"]) == list(alone["completion_text"])
@@ -228,8 +237,9 @@ def test_test_evaluation_is_the_validation_sampling_on_the_test_split(tiny, prob
 def test_ood_evaluation_is_greedy(tiny, problems):
     model, tokenizer = tiny
     val, ood = problems
-    _, first = evaluate(model, tokenizer, None, val, MEMBER, SEED_MEMBER, ood, 1, SETTINGS, 1, BOOTSTRAP)
-    _, second = evaluate(model, tokenizer, None, val, MEMBER, SEED_MEMBER, ood, 1, SETTINGS, 2, BOOTSTRAP)
+    engine = partial(sample, model)
+    _, first = evaluate(engine, tokenizer, None, val, MEMBER, SEED_MEMBER, ood, 1, SETTINGS, 1, BOOTSTRAP)
+    _, second = evaluate(engine, tokenizer, None, val, MEMBER, SEED_MEMBER, ood, 1, SETTINGS, 2, BOOTSTRAP)
     ood_rows = first["setting"] == "none"
     assert list(first[ood_rows]["completion_ids"].map(tuple)) == list(
         second[second["setting"] == "none"]["completion_ids"].map(tuple)
@@ -238,8 +248,9 @@ def test_ood_evaluation_is_greedy(tiny, problems):
 
 def test_channel_decomposition_cells_share_one_sampling_seed(tiny, other, problems):
     model, tokenizer = tiny
+    trained = partial(sample, other)
     table, samples = channel_decomposition(
-        {"base": model, "trained": other},
+        {"base": lambda: nullcontext(partial(sample, model)), "trained": lambda: nullcontext(trained)},
         tokenizer,
         problems[0],
         {"seed": SEED_MEMBER, "evolved": MEMBER},
@@ -256,7 +267,7 @@ def test_channel_decomposition_cells_share_one_sampling_seed(tiny, other, proble
     ]
     assert (table["n"] == len(problems[0])).all() and (table["metric"] == "mean@2").all()
     # each cell equals a separate evaluation of that weights/prompt pair with the same seed
-    alone = sample_and_score(other, tokenizer, problems[0], MEMBER.text, 2, SETTINGS, 5, "prompt:m1")
+    alone = sample_and_score(trained, tokenizer, problems[0], MEMBER.text, 2, SETTINGS, 5, "prompt:m1")
     cell = samples[(samples["weights"] == "trained") & (samples["prompt"] == "evolved")]
     assert list(cell["completion_text"]) == list(alone["completion_text"])
     assert table["value"].iloc[3] == pytest.approx(alone["reward"].mean())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ import pytest
 from fst import artifacts, cli
 from fst.data import build_task_data, load_split
 from fst.evaluate import evaluation_seed, sample_and_score
-from fst.generation import SamplingSettings
+from fst.generation import SamplingSettings, sample
 from fst.population import Member, save_population, seed_population
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -102,7 +104,7 @@ def test_test_split_is_evaluated_at_the_final_and_the_selected_round(files, tiny
     test = load_split(files["data"], "test")
     model, tokenizer = tiny
     seed = evaluation_seed(RUN_SEED)
-    expected = sample_and_score(model, tokenizer, test, EVOLVED.text, 2, SAMPLING, seed, "")
+    expected = sample_and_score(partial(sample, model), tokenizer, test, EVOLVED.text, 2, SAMPLING, seed, "")
     assert table.loc["selected", "value"] == pytest.approx(expected["reward"].mean())
     samples = pd.read_parquet(out / "samples.parquet")
     assert set(samples["problem_id"]) == {p.id for p in test}  # the held-out problems, never val's
@@ -140,3 +142,97 @@ def test_track_mirrors_intervals_and_the_test_split(tmp_path, monkeypatch):
     assert metrics["test/final/arithmetic/prompt:m1/mean@2/ci95_high"] == 0.7
     assert metrics["test/selected/after_rounds"] == 1.0
     assert str(test) in sent["artifacts"]
+
+
+@pytest.fixture
+def vllm_backend(monkeypatch):
+    """The evaluation stages with `rollout.backend` resolved to vLLM: the stand-in at vLLM's API edge
+    (tests/vllm_stand_in.py), on the CPU (device resolution is the one thing replaced)."""
+    from vllm_stand_in import LLM, install
+
+    from fst import device
+
+    install(monkeypatch)
+    monkeypatch.setattr(device, "resolve", lambda *args, **kwargs: device.Runtime("cpu", "float32", "vllm"))
+    engine = {"gpu_memory_utilization": 0.5, "max_model_len": None, "tensor_parallel_size": 1,
+              "enforce_eager": True}
+    return LLM, SETTINGS | {"backend": "vllm", "vllm": engine, "max_lora_rank": 8}
+
+
+@pytest.fixture(scope="module")
+def drifted_dir(tiny, tmp_path_factory):
+    """A fully fine-tuned policy folder whose weights differ from the tiny base model's."""
+    import copy
+
+    import torch
+
+    from fst.policy import save_policy
+
+    model = copy.deepcopy(tiny[0])
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "layers.1." in name:
+                param.add_(torch.randn(param.shape, generator=torch.Generator().manual_seed(1)) * param.std())
+    out = tmp_path_factory.mktemp("drifted") / "policy"
+    save_policy(model, out, Path(tiny[0].name_or_path))
+    return out
+
+
+def test_evaluation_samples_with_vllm_and_scores_kl_after_the_engine_closed(
+    files, tiny_model_dir, drifted_dir, vllm_backend, tmp_path
+):
+    from vllm_stand_in import per_request_sample
+
+    from fst.evaluate import token_kl
+    from fst.generation import chat_prompt_ids
+    from fst.policy import load_policy
+
+    LLM, settings = vllm_backend
+    cli.main(["evaluate", "--policy", str(drifted_dir), "--population", str(files["evolved"]),
+              "--seed-population", str(files["seed_population"]), "--base-model", str(tiny_model_dir),
+              "--data", str(files["data"]), "--after-rounds", "1", "--seed", str(RUN_SEED),
+              "--settings", json.dumps(settings), "--out", str(tmp_path / "eval.parquet"),
+              "--samples", str(tmp_path / "samples.parquet"), "--provenance", str(tmp_path / "prov.json")])
+    (engine,) = LLM.instances
+    assert engine.kwargs["model"] == str(drifted_dir) and engine.shut_down
+    table = pd.read_parquet(tmp_path / "eval.parquet").set_index("metric")
+    samples = pd.read_parquet(tmp_path / "samples.parquet")
+    policy, tokenizer = load_policy(drifted_dir)
+    base, _ = load_policy(tiny_model_dir)
+    val = [p for p in load_split(files["data"], "val") for _ in range(2)]
+    own = samples[samples["setting"] == "prompt:m1"]
+    prompts = [chat_prompt_ids(tokenizer, EVOLVED.text, p.question) for p in val]
+    drawn = per_request_sample(policy, tokenizer, prompts, SAMPLING, evaluation_seed(RUN_SEED))
+    assert list(own["completion_ids"].map(list)) == [c.ids for c in drawn]  # one seed per request
+    assert table.loc["mean@2", "value"] == pytest.approx(own["reward"].mean())
+    context = samples[samples["setting"] == "kl_context:prompt:seed"]
+    assert len(context) == len(val)
+    assert table.loc["kl_to_base", "value"] == pytest.approx(token_kl(policy, base, context, 0.7), rel=1e-5)
+    assert table.loc["kl_to_base", "value"] > 0
+    runtime = json.loads((tmp_path / "prov.json").read_text())["runtime"]
+    assert runtime["backend"] == "vllm" and runtime["engines"][str(drifted_dir)]["vllm"] == "0.31.0"
+
+
+def test_decomposition_and_test_split_hold_one_vllm_engine_at_a_time(
+    files, tiny_model_dir, drifted_dir, vllm_backend, tmp_path
+):
+    LLM, settings = vllm_backend
+    cli.main(["decompose", "--policy", str(drifted_dir), "--base-model", str(tiny_model_dir),
+              "--population", str(files["evolved"]), "--seed-population", str(files["seed_population"]),
+              "--data", str(files["data"]), "--after-rounds", "2", "--seed", str(RUN_SEED),
+              "--settings", json.dumps(settings), "--out", str(tmp_path / "decomposition.parquet"),
+              "--samples", str(tmp_path / "samples.parquet"), "--provenance", str(tmp_path / "prov.json")])
+    assert [e.kwargs["model"] for e in LLM.instances] == [str(tiny_model_dir), str(drifted_dir)]
+    assert all(e.shut_down and not e.open_beside for e in LLM.instances)
+    cells = pd.read_parquet(tmp_path / "decomposition.parquet")
+    assert len(cells) == 4 and cells["value"].between(0, 1).all()
+
+    LLM.instances = []
+    evals = _validation(tmp_path, {0: 0.5, 1: 0.25})  # validation selects round 0, the final is 1
+    cli.main(["evaluate-test", "--evals", *evals, "--policies", str(tiny_model_dir), str(drifted_dir),
+              "--populations", str(files["seed_population"]), str(files["evolved"]),
+              "--data", str(files["data"]), "--seed", str(RUN_SEED), "--settings", json.dumps(settings),
+              "--out", str(tmp_path / "test.parquet"), "--samples", str(tmp_path / "test_samples.parquet"),
+              "--provenance", str(tmp_path / "test.json")])
+    assert sorted(e.kwargs["model"] for e in LLM.instances) == sorted([str(tiny_model_dir), str(drifted_dir)])
+    assert all(e.shut_down and not e.open_beside for e in LLM.instances)

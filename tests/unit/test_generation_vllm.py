@@ -1,23 +1,29 @@
 """The vLLM backend against a stand-in at the vLLM API edge (vLLM cannot run without a GPU).
 
-The stand-in's classes have the fields and constructor arguments of vLLM 0.31's own
-(vllm/outputs.py RequestOutput and CompletionOutput, vllm/logprobs.py Logprob, vllm/lora/request.py
-LoRARequest); its LLM.generate draws each completion with our transformers sampler on a tiny real
-model, seeded with the request's own seed, so the rows it yields can be compared with the
-transformers backend's for the same draws.
+The stand-in (tests/vllm_stand_in.py) has vLLM 0.31's output classes; its LLM.generate draws each
+completion with our transformers sampler on a tiny real model, seeded with the request's own seed, so
+the rows it yields can be compared with the transformers backend's for the same draws.
 """
 
 from __future__ import annotations
 
 import sys
-import types
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from vllm_stand_in import (
+    LLM,
+    CompletionOutput,
+    Logprob,
+    LoRARequest,
+    RequestOutput,
+    install,
+    per_request_sample,
+)
 
-from fst.generation import SamplingSettings, sample
+from fst.generation import SamplingSettings
 from fst.generation_vllm import VllmEngineSettings, completions_from_outputs, open_vllm_sampler
 from fst.policy import load_policy, save_policy
 from fst.population import Member
@@ -31,99 +37,9 @@ ENGINE = VllmEngineSettings(
 SETTINGS = SamplingSettings(max_new_tokens=5, temperature=0.7, batch_size=4)
 
 
-@dataclass
-class Logprob:  # vllm/logprobs.py
-    logprob: float
-    rank: int | None = None
-    decoded_token: str | None = None
-
-
-@dataclass
-class CompletionOutput:  # vllm/outputs.py
-    index: int
-    text: str
-    token_ids: list[int]
-    cumulative_logprob: float | None
-    logprobs: list[dict[int, Logprob]] | None
-    routed_experts: object = None
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    lora_request: object = None
-    kv_transfer_params: dict | None = None
-
-
-class RequestOutput:  # vllm/outputs.py
-    def __init__(
-        self,
-        request_id,
-        prompt,
-        prompt_token_ids,
-        prompt_logprobs,
-        outputs,
-        finished,
-        metrics=None,
-        lora_request=None,
-        encoder_prompt=None,
-        encoder_prompt_token_ids=None,
-        num_cached_tokens=None,
-    ):
-        self.request_id, self.prompt, self.prompt_token_ids = request_id, prompt, prompt_token_ids
-        self.prompt_logprobs, self.outputs, self.finished = prompt_logprobs, outputs, finished
-        self.lora_request = lora_request
-
-
-@dataclass
-class LoRARequest:  # vllm/lora/request.py
-    lora_name: str
-    lora_int_id: int
-    lora_path: str = ""
-
-
-class SamplingParams:  # vllm/sampling_params.py: keyword arguments, recorded
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-
-
-class LLM:
-    """vllm.LLM: records its arguments; generate() draws with a tiny transformers model."""
-
-    instances: list = []
-
-    def __init__(self, **kwargs):
-        self.kwargs, self.calls = kwargs, []
-        self.model, self.tokenizer = load_policy(Path(kwargs["model"]))
-        LLM.instances.append(self)
-
-    def generate(self, prompts, sampling_params, lora_request=None, use_tqdm=True):
-        self.calls.append((prompts, sampling_params, lora_request))
-        outputs = []
-        for n, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True)):
-            p = params.kwargs
-            settings = SamplingSettings(p["max_tokens"], p["temperature"], 1)
-            (done,) = sample(self.model, self.tokenizer, [prompt["prompt_token_ids"]], settings, p["seed"])
-            logprobs = [
-                {t: Logprob(lp, 1, "x")} | {t + 1: Logprob(-50.0, 2, "y")}
-                for t, lp in zip(done.ids, done.logprobs, strict=True)
-            ]
-            out = CompletionOutput(
-                0, done.text, list(done.ids), sum(done.logprobs), logprobs, finish_reason=done.finish_reason
-            )
-            outputs.append(RequestOutput(str(n), None, prompt["prompt_token_ids"], None, [out], True))
-        return outputs
-
-
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    vllm = types.ModuleType("vllm")
-    vllm.__version__ = "0.31.0"
-    vllm.LLM, vllm.SamplingParams = LLM, SamplingParams
-    lora = types.ModuleType("vllm.lora")
-    request = types.ModuleType("vllm.lora.request")
-    request.LoRARequest = LoRARequest
-    for name, module in {"vllm": vllm, "vllm.lora": lora, "vllm.lora.request": request}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    LLM.instances = []
-    return vllm
+    return install(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +106,7 @@ def test_rows_match_the_transformers_backend_for_the_same_draws(fake_vllm, tiny_
     engine = lambda _tok, prompts, settings, seed: sampler.sample(prompts, settings, seed)  # noqa: E731
     with_vllm = generate_rollouts(None, tokenizer, problems, members, 2, SETTINGS, 7, 0, "vllm", engine)
 
-    def per_request(tok, prompts, settings, seed):  # transformers, seeded per request like vLLM
-        return [
-            sample(
-                model, tok, [p], SamplingSettings(settings.max_new_tokens, settings.temperature, 1), seed + i
-            )[0]
-            for i, p in enumerate(prompts)
-        ]
-
+    per_request = partial(per_request_sample, model)
     reference = generate_rollouts(
         model, tokenizer, problems, members, 2, SETTINGS, 7, 0, "transformers", per_request
     )

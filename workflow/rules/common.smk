@@ -236,7 +236,7 @@ def slow_settings(wildcards):
 
 def evaluate_settings(wildcards):
     cfg = point_config(wildcards)
-    return _sampling(cfg) | settings.runtime(cfg) | {
+    return _sampling(cfg) | settings.runtime(cfg) | settings.engine(cfg) | {
         key: cfg["evaluation"][key] for key in ("k", "ood_problems", "bootstrap_resamples", "bootstrap_seed")
     }
 
