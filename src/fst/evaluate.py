@@ -5,8 +5,8 @@ temperature-τ distributions softmax(logits / τ), τ = rollout.temperature, on 
 from π_θ at τ, in the context of the SEED prompt, summed exactly over the vocabulary at each position
 (lower variance than the sampled log-ratio) and averaged over completion tokens. The same quantity in
 the context of the arm's own prompt is `kl_to_base_own_prompt`. Frozen base weights (arm gepa) have
-KL exactly 0 under this definition, written without sampling. TRL's own `kl` is against the round's
-reference model, not the base: see notes.
+KL exactly 0 under this definition, written without sampling. Its interval resamples problems, each
+with its completions' KL sum and token count (the statistic is a token-level mean).
 
 Common random numbers: every evaluation of a run (each round, the channel decomposition, post-hoc
 GEPA, the test split) samples with one seed, `evaluation_seed(run seed)`, so two evaluation points
@@ -113,24 +113,27 @@ def sample_and_score(engine, tokenizer, problems, system_text, repeats, settings
     return _score_samples(expanded, prompts, completions, system_text, label)
 
 
-def token_kl(model, base, samples: pd.DataFrame, temperature: float, batch_size: int = 16) -> float:
-    """Mean over completion tokens of KL(model_τ ‖ base_τ) at each position (full vocabulary), where
-    model_τ = softmax(logits / τ) is the distribution the completions were sampled from."""
+def token_kl_per_completion(
+    model, base, samples: pd.DataFrame, temperature: float, batch_size: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per completion (row of `samples`): the sum over its tokens of KL(model_τ ‖ base_τ) at each
+    position (full vocabulary), and its token count; model_τ = softmax(logits / τ) is the distribution
+    the completions were sampled from."""
     import torch
 
-    total, count = 0.0, 0
+    sums, counts = np.zeros(len(samples["completion_ids"])), np.zeros(len(samples["completion_ids"]))
     sequences = [
-        (list(p), list(c)) for p, c in zip(samples["prompt_ids"], samples["completion_ids"], strict=True)
+        (i, list(p), list(c))
+        for i, (p, c) in enumerate(zip(samples["prompt_ids"], samples["completion_ids"], strict=True))
+        if len(c)
     ]
     for start in range(0, len(sequences), batch_size):
-        batch = [s for s in sequences[start : start + batch_size] if s[1]]
-        if not batch:
-            continue
-        width = max(len(p) + len(c) for p, c in batch)
+        batch = sequences[start : start + batch_size]
+        width = max(len(p) + len(c) for _, p, c in batch)
         ids = torch.zeros(len(batch), width, dtype=torch.long)
         attention = torch.zeros_like(ids)
         targets = torch.zeros_like(ids, dtype=torch.bool)
-        for row, (prompt, completion) in enumerate(batch):
+        for row, (_, prompt, completion) in enumerate(batch):
             seq = prompt + completion
             ids[row, : len(seq)] = torch.tensor(seq)
             attention[row, : len(seq)] = 1
@@ -141,10 +144,51 @@ def token_kl(model, base, samples: pd.DataFrame, temperature: float, batch_size:
             logits_p = model(input_ids=ids, attention_mask=attention).logits.float() / temperature
             logits_q = base(input_ids=ids, attention_mask=attention).logits.float() / temperature
             logp, logq = logits_p.log_softmax(-1), logits_q.log_softmax(-1)
-        kl = (logp.exp() * (logp - logq)).sum(-1)
-        total += kl[targets].sum().item()
-        count += int(targets.sum())
-    return total / max(count, 1)
+        kl = (logp.exp() * (logp - logq)).sum(-1) * targets
+        rows = [i for i, _, _ in batch]
+        sums[rows] = kl.sum(-1).double().cpu().numpy()
+        counts[rows] = targets.sum(-1).cpu().numpy()
+    return sums, counts
+
+
+def token_kl(model, base, samples: pd.DataFrame, temperature: float, batch_size: int = 16) -> float:
+    """Mean over completion tokens of KL(model_τ ‖ base_τ) at each position (full vocabulary)."""
+    sums, counts = token_kl_per_completion(model, base, samples, temperature, batch_size)
+    return float(sums.sum() / max(counts.sum(), 1))
+
+
+def ratio_interval(numerators, denominators, bootstrap: Bootstrap) -> tuple[float, float]:
+    """95% percentile bootstrap interval of sum(numerators) / sum(denominators), resampling the pairs
+    (one per problem): the interval of a token-level mean whose problems have different token counts."""
+    from scipy.stats import bootstrap as scipy_bootstrap
+
+    numerators, denominators = np.asarray(numerators, float), np.asarray(denominators, float)
+    if len(numerators) < 2:
+        return float("nan"), float("nan")
+    ratios = numerators[denominators > 0] / denominators[denominators > 0]
+    if len(ratios) == 0 or np.ptp(ratios) == 0:  # nothing to resample
+        value = numerators.sum() / max(denominators.sum(), 1)
+        return float(value), float(value)
+    result = scipy_bootstrap(
+        (numerators, denominators),
+        lambda n, d, axis=-1: n.sum(axis=axis) / np.maximum(d.sum(axis=axis), 1),
+        paired=True,
+        n_resamples=bootstrap.resamples,
+        confidence_level=0.95,
+        method="percentile",
+        rng=np.random.default_rng(bootstrap.seed),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def kl_row(task, setting, metric, model, base, samples, temperature, bootstrap: Bootstrap) -> tuple:
+    """A KL metric row: the token-level mean over all completions and its bootstrap interval over
+    problems (each problem's token KL sum and token count resampled together)."""
+    sums, counts = token_kl_per_completion(model, base, samples, temperature)
+    per = pd.DataFrame({"problem_id": samples["problem_id"].to_numpy(), "kl": sums, "tokens": counts})
+    per = per.groupby("problem_id", sort=False)[["kl", "tokens"]].sum()
+    low, high = ratio_interval(per["kl"], per["tokens"], bootstrap)
+    return (task, setting, metric, float(sums.sum() / max(counts.sum(), 1)), len(per), low, high)
 
 
 def evaluate(
@@ -182,21 +226,24 @@ def evaluate(
         ood_task: sample_and_score(engine, tokenizer, problems, NO_PROMPT, 1, greedy, seed, "none")
         for ood_task, problems in ood.items()
     }
-    if kl_models is None:
-        kl = own_kl = 0.0
-    else:
-        model, base_model = kl_models()
-        own_kl = token_kl(model, base_model, val_samples, settings.temperature)
-        same = seed_samples is val_samples
-        kl = own_kl if same else token_kl(model, base_model, seed_samples, settings.temperature)
     truncated = val_samples.assign(length=(val_samples["finish_reason"] == "length").astype(float))
-    nan = float("nan")
     metrics = [
         _row(task, own, f"mean@{k}", per_problem(val_samples), bootstrap),
         _row(task, own, "truncated", per_problem(truncated, "length"), bootstrap),
-        (task, context, "kl_to_base", kl, len(val), nan, nan),
-        (task, own, "kl_to_base_own_prompt", own_kl, len(val), nan, nan),
     ]
+    if kl_models is None:  # frozen base weights: exactly 0, nothing to resample
+        metrics += [(task, context, "kl_to_base", 0.0, len(val), 0.0, 0.0),
+                    (task, own, "kl_to_base_own_prompt", 0.0, len(val), 0.0, 0.0)]
+    else:
+        model, base_model = kl_models()
+        own_row = kl_row(task, own, "kl_to_base_own_prompt", model, base_model, val_samples,
+                         settings.temperature, bootstrap)
+        seed_row = (
+            (task, context, "kl_to_base", *own_row[3:]) if seed_samples is val_samples
+            else kl_row(task, context, "kl_to_base", model, base_model, seed_samples, settings.temperature,
+                        bootstrap)
+        )
+        metrics += [seed_row, own_row]
     for ood_task, ood_samples in ood_frames.items():
         frames.append(ood_samples)
         metrics.append(_row(ood_task, "none", "greedy_accuracy", per_problem(ood_samples), bootstrap))

@@ -7,6 +7,7 @@ import math
 from contextlib import nullcontext
 from functools import partial
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +18,7 @@ from fst.evaluate import (
     channel_decomposition,
     evaluate,
     evaluate_test,
+    ratio_interval,
     sample_and_score,
     select_round,
     token_kl,
@@ -163,11 +165,16 @@ def test_evaluate_metric_rows_and_samples(tiny, other, problems, drifted):
     assert rows[("arithmetic", "prompt:m1", "truncated")][0] == pytest.approx(truncated)
     kl = rows[("arithmetic", "prompt:seed", "kl_to_base")][0]
     own_kl = rows[("arithmetic", "prompt:m1", "kl_to_base_own_prompt")][0]
+    kl_rows = metrics[metrics["metric"].str.startswith("kl_to_base")]
     if drifted:
         assert own_kl == pytest.approx(token_kl(other, model, val_rows, SETTINGS.temperature), rel=1e-6)
         assert kl > 0 and own_kl > 0
+        # every KL has its bootstrap interval over problems, around the token-level mean
+        assert (kl_rows["ci95_low"] < kl_rows["value"]).all()
+        assert (kl_rows["value"] < kl_rows["ci95_high"]).all()
     else:
         assert kl == own_kl == 0.0
+        assert (kl_rows["ci95_low"] == 0).all() and (kl_rows["ci95_high"] == 0).all()
     for task, task_problems in ood.items():
         task_rows = samples[samples["task"] == task]
         assert len(task_rows) == len(task_problems)
@@ -214,6 +221,22 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_mean():
     assert (low, high) == bootstrap_interval(values, BOOTSTRAP)  # fixed seed: the same interval
     assert bootstrap_interval([0.25, 0.25, 0.25], BOOTSTRAP) == (0.25, 0.25)  # nothing to resample
     assert all(map(math.isnan, bootstrap_interval([1.0], BOOTSTRAP)))
+
+
+def test_ratio_interval_resamples_problems_with_their_token_counts():
+    """The KL interval: sum(KL) / sum(tokens) over resampled problems, each problem's pair kept together."""
+    kl_sums, tokens = [0.2, 0.9, 0.1, 1.6, 0.4], [4, 3, 5, 8, 2]
+    low, high = ratio_interval(kl_sums, tokens, BOOTSTRAP)
+    assert low < sum(kl_sums) / sum(tokens) < high
+    assert (low, high) == ratio_interval(kl_sums, tokens, BOOTSTRAP)
+    # a problem with many tokens weighs more than one with few: not the mean of per-problem ratios
+    assert ratio_interval([1.0, 1.0], [1, 1], BOOTSTRAP) == (1.0, 1.0)
+    manual = np.random.default_rng(0)
+    pairs = np.array([kl_sums, tokens], dtype=float).T
+    draws = [pairs[manual.integers(0, 5, 5)] for _ in range(4000)]
+    ratios = np.array([d[:, 0].sum() / d[:, 1].sum() for d in draws])
+    assert low == pytest.approx(np.quantile(ratios, 0.025), abs=0.02)
+    assert high == pytest.approx(np.quantile(ratios, 0.975), abs=0.02)
 
 
 def test_select_round_is_the_running_maximum_earliest_on_ties():

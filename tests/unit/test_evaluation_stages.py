@@ -131,7 +131,11 @@ def test_track_mirrors_intervals_and_the_test_split(tmp_path, monkeypatch):
                   "task": ["arithmetic"] * 2, "setting": ["prompt:m1"] * 2, "metric": ["mean@2"] * 2,
                   "value": [0.4, 0.6], "n": [4, 4], "ci95_low": [0.1, 0.3], "ci95_high": [0.7, 0.9],
                   "val_value": [0.5, 0.6]}).to_parquet(test)
-    cli.main(["track", "--eval", str(evaluation), "--test", str(test), "--results-dir", str(tmp_path),
+    slow = tmp_path / "slow_metrics.json"  # the round's sums of the per-step group counts (fst.slow)
+    artifacts.write_json({"groups/live_groups": 5, "groups/dropped_groups": 3, "skipped_step": 1,
+                          "loss": 0.25, "steps": [{"step": 1}]}, slow)
+    cli.main(["track", "--eval", str(evaluation), "--test", str(test), "--slow-metrics", str(slow),
+              "--results-dir", str(tmp_path),
               "--experiment", "e", "--point", "default", "--arm", "fst", "--seed", "0", "--after-rounds", "2",
               "--params", json.dumps({"swept": {}, "config": {}}), "--uri", "sqlite:///unused.db",
               "--out", str(tmp_path / "tracked.json")])
@@ -141,6 +145,8 @@ def test_track_mirrors_intervals_and_the_test_split(tmp_path, monkeypatch):
     assert metrics["test/selected/arithmetic/prompt:m1/mean@2"] == 0.6
     assert metrics["test/final/arithmetic/prompt:m1/mean@2/ci95_high"] == 0.7
     assert metrics["test/selected/after_rounds"] == 1.0
+    assert metrics["train/groups/dropped_groups"] == 3.0 and metrics["train/skipped_step"] == 1.0
+    assert metrics["train/groups/live_groups"] == 5.0 and "train/steps" not in metrics
     assert str(test) in sent["artifacts"]
 
 
