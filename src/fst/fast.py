@@ -495,9 +495,20 @@ def run_fast_round(
         valset=pareto,
         adapter=adapter,
         reflection_lm=reflection,
-        candidate_selection_strategy="pareto",
+        # Every search choice explicit (gepa is pinned, but a default is not a decision):
+        reflection_prompt_template=None,  # GEPA's own reflective-mutation instruction
+        candidate_selection_strategy="pareto",  # parent drawn from the per-instance Pareto front
         frontier_type="instance",
+        module_selector="round_robin",  # one component (the system prompt): always that one
+        batch_sampler="epoch_shuffled",  # reflection minibatches drawn from the anchors, epoch by epoch
         reflection_minibatch_size=settings.reflection_minibatch_size,
+        acceptance_criterion="strict_improvement",  # a proposal must beat its parent on the minibatch
+        skip_perfect_score=True,  # a minibatch its parent already solves (reward 1) teaches nothing
+        perfect_score=1.0,  # the tasks' reward is in [0, 1]
+        use_merge=False,  # the method evolves by reflection only
+        cache_evaluation=False,  # every metric call is a real policy rollout, charged as one
+        use_wandb=False,
+        use_mlflow=False,  # the workflow mirrors to MLflow itself, from the files
         max_metric_calls=meta["max_metric_calls"],
         val_evaluation_policy=_skip_seed_policy(),
         run_dir=str(run_dir),

@@ -37,6 +37,11 @@ from fst.population import Member, load_population, save_population, seed_popula
 from fst.reflection import OpenAICompatibleLM, ReflectionError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+GEPA_CHOICES = {"candidate_selection_strategy": "pareto", "frontier_type": "instance",
+                "module_selector": "round_robin", "batch_sampler": "epoch_shuffled",
+                "acceptance_criterion": "strict_improvement", "skip_perfect_score": True,
+                "perfect_score": 1.0, "use_merge": False, "cache_evaluation": False,
+                "reflection_prompt_template": None}
 
 SAMPLING = {"max_new_tokens": 8, "temperature": 1.0, "batch_size": 32}
 ANCHORS, PARETO, MINIBATCH, BUDGET = 4, 3, 2, 10
@@ -275,9 +280,21 @@ def _max_logprob_gap(model, record) -> float:
 # 3. Reflection replies with no usable prompt
 
 
-def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(tiny, data_file, tmp_path):
+def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(
+    tiny, data_file, tmp_path, monkeypatch
+):
+    import gepa
+
     model, tokenizer = tiny
     anchors, pareto = _sets(data_file, 0)
+    asked = {}
+    real_optimize = gepa.optimize
+
+    def optimize(**kwargs):  # the real search, its arguments recorded
+        asked.update(kwargs)
+        return real_optimize(**kwargs)
+
+    monkeypatch.setattr(gepa, "optimize", optimize)
     junk = ["   \n\t ", "```\n```", "ok."]  # blank, an empty fenced block, too short to be a prompt
     server = Endpoint(reply=lambda n: junk[n % len(junk)])
     try:
@@ -307,6 +324,9 @@ def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(tiny, d
     assert {r["system_text"] for r in adapter.records} <= {m.text for m in MEMBERS}
     assert stats["candidates_after"] == len(MEMBERS) and stats["proposals_accepted"] == 0
     assert [(m.id, m.text, m.parent_id) for m in population] == [(m.id, m.text, m.parent_id) for m in MEMBERS]
+    # the search's choices reach GEPA explicitly, none left to a library default
+    assert {key: asked[key] for key in GEPA_CHOICES} == GEPA_CHOICES
+    assert asked["reflection_minibatch_size"] == MINIBATCH and asked["seed"] == 21
 
 
 # --------------------------------------------------------------------------------------------------
