@@ -37,10 +37,10 @@ def files(tmp_path_factory):
             "evolved": root / "population_evolved.json"}
 
 
-def _evaluate(files, model_dir, after: int, out):
+def _evaluate(files, model_dir, after: int, out, base_dir=None, population="seed_population"):
     out.mkdir(parents=True, exist_ok=True)
-    cli.main(["evaluate", "--policy", str(model_dir), "--population", str(files["seed_population"]),
-              "--seed-population", str(files["seed_population"]), "--base-model", str(model_dir),
+    cli.main(["evaluate", "--policy", str(model_dir), "--population", str(files[population]),
+              "--seed-population", str(files["seed_population"]), "--base-model", str(base_dir or model_dir),
               "--data", str(files["data"]), "--after-rounds", str(after), "--seed", str(RUN_SEED),
               "--settings", json.dumps(SETTINGS), "--out", str(out / "eval.parquet"),
               "--samples", str(out / "samples.parquet"), "--provenance", str(out / "provenance.json")])
@@ -182,6 +182,18 @@ def drifted_dir(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("drifted") / "policy"
     save_policy(model, out, Path(tiny[0].name_or_path))
     return out
+
+
+def test_drifted_weights_give_the_same_numbers_kl_and_intervals_included_at_two_points(
+    files, tiny_model_dir, drifted_dir, tmp_path
+):
+    """Common random numbers with trained weights: the KL path (seed-prompt context) is sampled and
+    scored the same way at every evaluation point, so only weights and prompt can move the numbers."""
+    first, _ = _evaluate(files, drifted_dir, 1, tmp_path / "a", tiny_model_dir, "evolved")
+    later, _ = _evaluate(files, drifted_dir, 3, tmp_path / "b", tiny_model_dir, "evolved")
+    pd.testing.assert_frame_equal(first.drop(columns="after_rounds"), later.drop(columns="after_rounds"))
+    kl = first.set_index("metric").loc["kl_to_base"]
+    assert 0 < kl["ci95_low"] < kl["value"] < kl["ci95_high"]
 
 
 def test_evaluation_samples_with_vllm_and_scores_kl_after_the_engine_closed(
