@@ -125,3 +125,9 @@ def test_the_workflow_tells_the_post_deploy_scripts_where_the_checkout_is(rules,
     monkeypatch.delenv("FST_REPO", raising=False)
     _parse_workflow()
     assert os.environ["FST_REPO"] == str(REPO)
+
+
+def test_gpu_env_carries_the_vllm_that_fst_asks_for():
+    advertised = re.search(r"vllm==[\d.]+", (REPO / "src/fst/device.py").read_text()).group(0)
+    assert _env_pip(REPO / "envs/gpu.yaml")["vllm"] == advertised
+    assert "vllm" not in _env_pip(REPO / "envs/cpu.yaml")
