@@ -66,12 +66,29 @@ def test_the_defaults_ask_for_auto():
     assert (cfg["model"]["device"], cfg["model"]["dtype"], cfg["rollout"]["backend"]) == ("auto",) * 3
 
 
-def test_the_slow_stage_keeps_one_gpu_and_refuses_a_multi_process_launch(monkeypatch):
-    from fst.cli import _one_gpu_for_slow
+def test_the_slow_stage_keeps_one_gpu_and_runs_in_slow_gpus_processes(monkeypatch):
+    from fst.cli import _slow_processes
 
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    _one_gpu_for_slow()
-    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"
+    assert _slow_processes(1) == 0
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"  # one process: no DataParallel
+    with pytest.raises(SystemExit, match="accelerate launch .* --num_processes 2"):
+        _slow_processes(2)  # slow.gpus: 2 started without the launcher
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit, match="one process"):
-        _one_gpu_for_slow()
+    monkeypatch.setenv("RANK", "1")
+    assert _slow_processes(2) == 1
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # each process takes its LOCAL_RANK
+    with pytest.raises(SystemExit, match="slow.gpus is 1 but this stage runs in 2"):
+        _slow_processes(1)
+
+
+def test_slow_gpus_more_than_this_machine_has_is_refused_for_a_local_run(monkeypatch):
+    cfg = default_config()
+    cfg["slow"]["gpus"] = 2
+    monkeypatch.setattr(device, "gpu_count", lambda: 0)
+    (problem,) = device.missing_here(cfg, "cfg.yaml")
+    assert problem.startswith("cfg.yaml: slow.gpus is 2") and "slow.gpus: 1" in problem
+    monkeypatch.setattr(device, "gpu_count", lambda: 2)
+    assert device.missing_here(cfg, "cfg.yaml") == []
