@@ -56,23 +56,9 @@ def unavailable(device: str, backend: str, where: str = "config") -> list[str]:
     return problems
 
 
-def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
 def missing_here(cfg: dict, source: str) -> list[str]:
     """What a validated config's model stages would lack on this machine (see `unavailable`)."""
-    problems = unavailable(cfg["model"]["device"], cfg["rollout"]["backend"], where=source)
-    gpus = cfg["slow"]["gpus"]
-    if gpus > 1 and (have := gpu_count()) < gpus:
-        problems.append(
-            f"{source}: slow.gpus is {gpus} but torch sees {have} GPU(s) here, and the slow stage runs one "
-            f"process per GPU; set slow.gpus: 1 (or at most {max(have, 1)}), or run on a cluster "
-            f"(--profile slurm), where the stage gets {gpus} GPUs of one node"
-        )
-    return problems
+    return unavailable(cfg["model"]["device"], cfg["rollout"]["backend"], where=source)
 
 
 def resolve(device: str, dtype: str, backend: str, where: str = "settings") -> Runtime:
