@@ -283,7 +283,8 @@ def cmd_slow(args) -> None:
     cfg = _json(args.settings)
     rank = _slow_processes(cfg["gpus"])
     inputs = {"scored": args.scored, "policy_in": args.policy_in, "base_model": args.base_model}
-    prov = Provenance("slow", inputs, cfg, seed=cfg.get("seed"))
+    # only the first process writes the provenance: the others skip hashing the inputs
+    prov = Provenance("slow", inputs if rank == 0 else {}, cfg, seed=cfg.get("seed"))
     with prov.timed("imports"):
         import peft  # noqa: F401
         import torch  # noqa: F401
