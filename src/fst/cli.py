@@ -299,7 +299,8 @@ def cmd_slow(args) -> None:
             f"fst slow: slow.gpus is {settings.gpus} but this process computes on {runtime.device}: several "
             "processes train on GPUs only. Set slow.gpus: 1, or run where the job sees the GPUs."
         )
-    prov.record["runtime"] = describe(runtime) | {"processes": settings.gpus}
+    if rank == 0:  # describe() touches the current GPU: in another process it would open a context on GPU 0
+        prov.record["runtime"] = describe(runtime) | {"processes": settings.gpus}
     with prov.timed("train"):
         metrics = run_slow_update(
             Path(args.scored),
