@@ -25,7 +25,14 @@ k3 KL estimate is not clamped. Here is only what TRL does not do for us:
   (the step's live tokens, verl's default) or `round_token_mean` (TRL's own: the round's tokens / T);
 - an audit of on-policy-ness: the largest gap between the stored sampling log-probs and the old
   log-probs the trainer recomputes (`sampling/sampling_logp_difference/*`);
-- checkpoint housekeeping across rounds run as separate processes.
+- checkpoint housekeeping across rounds run as separate processes;
+- several processes (`slow.gpus` > 1, started by `accelerate launch`, FSDP or DDP): TRL gathers the
+  rewards and normalises each group once over all processes, but hands each process a consecutive
+  share of the round and lets every process divide its loss by its own share of our counts. Here
+  the groups are ordered so that each global step trains the same groups as in one process
+  (`rank_order`), each process holds whole groups, and the per-step counts (loss normaliser, dead
+  groups, the skip) are summed over processes (`split_into_steps`): the same training as in one
+  process. Only the main process writes the policy (a full state dict gathered from FSDP's shards).
 """
 
 from __future__ import annotations
@@ -489,6 +496,10 @@ def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig, runtime:
     return model, cfg.lora.to_peft() if cfg.lora.enabled else None
 
 
+def lora_model(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
 def _kl_reference_to_base(model, cfg: SlowConfig) -> None:
     """LoRA: with no `ref` adapter TRL computes the reference with adapters disabled, i.e. the base.
 
@@ -712,8 +723,8 @@ def run_slow_update(
         trained.delete_adapter(_REF_ADAPTER)  # save only the trained adapter
     # A LoRA policy is replicated on every process (DDP); a full one may be sharded (FSDP): gather its
     # full state dict (a collective: every process takes part), which only the main process writes.
-    lora = hasattr(trained, "peft_config")
-    full = trainer.accelerator.get_state_dict(trainer.model) if processes > 1 and not lora else None
+    sharded = processes > 1 or trainer.is_fsdp_enabled
+    full = trainer.accelerator.get_state_dict(trainer.model) if sharded and not lora_model(trained) else None
     if main:
         _drop_ref_adapter(_checkpoint(state_dir, end))
         save_policy(trained, Path(policy_out), Path(base_model_dir), state_dict=full, round=round_index,
