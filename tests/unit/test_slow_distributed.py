@@ -96,11 +96,19 @@ def rounds(tiny_model_dir, tmp_path_factory, one_torch_thread):
             os.killpg(launched.pid, signal.SIGKILL)
     assert launched.returncode == 0, log[-5000:]
     return {"tmp": tmp, "single": single, "log": log,
-            "double": {name: json.loads((tmp / f"{name}-2.json").read_text()) for name in CASES}}
+            "double": {name: json.loads((tmp / f"{name}-2.json").read_text()) for name in CASES},
+            "ranks": [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]}
 
 
-def test_two_processes_ran_data_parallel(rounds):
-    assert "DDP" in rounds["log"] or "DistributedDataParallel" in rounds["log"] or "reducer" in rounds["log"]
+def test_each_process_served_its_whole_groups_of_every_step(rounds):
+    """Step k trains groups 2k and 2k+1 as in one process: the first process serves 0 and 2, the
+    second 1 and 3 (rank_order), each group whole (StoredRollouts refuses a partial group)."""
+    first, second = rounds["ranks"]
+    assert (first["rank"], second["rank"], first["processes"]) == (0, 1, 2)
+    assert first["distributed_type"] == "DistributedType.MULTI_CPU"  # gloo; FSDP needs GPUs
+    for case in range(len(CASES)):
+        assert first["served"][case] == ["group 0", "group 2"]
+        assert second["served"][case] == ["group 1", "group 3"]
 
 
 @pytest.mark.parametrize("name", list(CASES))
