@@ -287,17 +287,19 @@ def cmd_slow(args) -> None:
     prov = Provenance("slow", inputs if rank == 0 else {}, cfg, seed=cfg.get("seed"))
     with prov.timed("imports"):
         import peft  # noqa: F401
-        import torch  # noqa: F401
+        import torch
         import trl  # noqa: F401
 
         from fst.device import describe
         from fst.slow import SlowConfig, round_counts, run_slow_update, slow_runtime
     settings = SlowConfig.from_dict(cfg)
     runtime = slow_runtime(settings)
-    if settings.gpus > 1 and runtime.device != "cuda":
+    visible = torch.cuda.device_count() if runtime.device == "cuda" else 0
+    if settings.gpus > 1 and visible < settings.gpus:
         raise SystemExit(
-            f"fst slow: slow.gpus is {settings.gpus} but this process computes on {runtime.device}: several "
-            "processes train on GPUs only. Set slow.gpus: 1, or run where the job sees the GPUs."
+            f"fst slow: slow.gpus is {settings.gpus} but this process computes on {runtime.device} and sees "
+            f"{visible} GPU(s): the slow stage runs one process per GPU, on GPUs only. Set slow.gpus to at "
+            f"most the GPUs a job gets (1 on a CPU), or run where the job sees {settings.gpus} GPUs."
         )
     if rank == 0:  # describe() touches the current GPU: in another process it would open a context on GPU 0
         prov.record["runtime"] = describe(runtime) | {"processes": settings.gpus}

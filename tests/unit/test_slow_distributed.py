@@ -4,9 +4,9 @@
 multi-CPU data parallelism (gloo), not FSDP, which needs GPUs. Each round is run once in this process
 and once in the two, and the trained weights, every step's loss and the group counts must agree.
 With 8 completions a step in groups of 4, each process holds one group of each step:
-- LoRA, per-completion aggregation: in step 1 the first process holds only a dead group (it must still
-  take part in the backward pass), in step 2 both hold a live one (each must divide by the step's
-  live completions over both processes, not its own);
+- LoRA, per-completion aggregation, importance correction of vLLM-like rollouts: in step 1 the first
+  process holds only a dead group (it must still take part in the backward pass), in step 2 both hold
+  a live one (each must divide by the step's live completions over both processes, not its own);
 - full fine-tuning, token aggregation, gradient checkpointing: in step 1 both groups are live with
   different token counts (the global token count divides), step 2's groups are all dead (both
   processes must skip it together).
@@ -25,17 +25,18 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_slow import CFG, LORA, _scored_rows, _write
+from test_slow import CFG, LORA, _perturbed, _scored_rows, _write
 
 from fst.slow import _trainer_class, run_slow_update
 
 REPO = Path(__file__).resolve().parents[2]
-# Per case: the settings, and new rewards for some groups (PLAN's groups 0 and 3 are dead, 1 and 2 live).
+# Per case: the settings, new rewards for some groups (PLAN's groups 0 and 3 are dead, 1 and 2 live),
+# and whether the rollouts are marked as sampled by vLLM with other log-probs (importance correction).
 CASES = {
-    "lora": (CFG, {3: [1.0, 0.0, 0.0, 0.0]}),
+    "lora": (CFG, {3: [1.0, 0.0, 0.0, 0.0]}, True),
     "full": (replace(CFG, lora=replace(LORA, enabled=False), learning_rate=1e-3,
                      loss_aggregation="token_mean", gradient_checkpointing=True),
-             {0: [1.0, 0.0, 1.0, 0.0], 2: [0.0] * 4, 3: [0.0] * 4}),
+             {0: [1.0, 0.0, 1.0, 0.0], 2: [0.0] * 4, 3: [0.0] * 4}, False),
 }
 
 
@@ -62,12 +63,13 @@ def rounds(tiny_model_dir, tmp_path_factory, one_torch_thread):
     tmp = tmp_path_factory.mktemp("distributed")
     rows = _scored_rows(tiny_model_dir)
     jobs, scored = [], {}
-    for name, (cfg, rewards) in CASES.items():
+    for name, (cfg, rewards, vllm) in CASES.items():
+        frame = _perturbed(rows) if vllm else rows
         reward = rows["reward"].copy()
         for group, values in rewards.items():
             for sample, value in enumerate(values):
                 reward[(rows["group_index"] == group) & (rows["sample_index"] == sample)] = value
-        scored[name] = _write(rows.assign(reward=reward), tmp / f"{name}.parquet")
+        scored[name] = _write(frame.assign(reward=reward), tmp / f"{name}.parquet")
         model = str(tiny_model_dir)
         jobs.append({"scored": str(scored[name]), "policy_in": model, "base": model,
                      "out": str(tmp / f"{name}-2"), "state": str(tmp / f"{name}-state-2"), "round": 0,
@@ -83,7 +85,7 @@ def rounds(tiny_model_dir, tmp_path_factory, one_torch_thread):
             trainers.append(self)
             return train(self, *args, **kwargs)
 
-        for name, (cfg, _) in CASES.items():
+        for name, (cfg, _, _) in CASES.items():
             with pytest.MonkeyPatch.context() as mp:
                 mp.setattr(trainer_cls, "train", recording_train)
                 metrics = run_slow_update(scored[name], tiny_model_dir, tiny_model_dir, tmp / f"{name}-1",
@@ -128,13 +130,23 @@ def test_two_processes_have_the_same_losses_and_counts_as_one(rounds, name):
     assert len(one["steps"]) == len(two["steps"]) == CFG.steps_per_round
     for a, b in zip(one["steps"], two["steps"], strict=True):
         keys = {"loss", "grad_norm", "kl", "reward", "skipped_step", "groups/live_groups",
-                "groups/dropped_groups", "groups/live_tokens"} & set(a)  # some only on steps that train
+                "groups/dropped_groups", "groups/live_tokens", "sampling/sampling_logp_difference/mean",
+                "sampling/sampling_logp_difference/max", "sampling/importance_weight/mean",
+                "sampling/importance_weight/min", "sampling/importance_weight/capped_fraction",
+                } & set(a)  # some only on steps that train, or on the round's first step
         assert {"loss", "grad_norm", "skipped_step", "groups/live_tokens"} <= keys <= set(b)
         for key in keys:
             # float32 sums in another order: the loss is a small difference of larger terms
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5, abs=1e-6)
     assert two["global_step"] == one["global_step"]
+
+
+def test_the_importance_correction_is_over_both_processes_tokens(rounds):
+    one, two = rounds["single"]["lora"]["metrics"]["steps"][0], rounds["double"]["lora"]["steps"][0]
+    assert 0 < one["sampling/importance_weight/capped_fraction"] < 1  # the weights were not all 1
+    for key in ("sampling/importance_weight/mean", "sampling/importance_weight/capped_fraction"):
+        assert two[key] == pytest.approx(one[key], rel=1e-6)
 
 
 def test_a_step_without_live_groups_is_skipped_by_both_processes(rounds):
