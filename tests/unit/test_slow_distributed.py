@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from test_slow import CFG, LORA, _perturbed, _scored_rows, _write
 
-from fst.slow import _trainer_class, run_slow_update
+from fst.slow import _trainer_class, rank_order, run_slow_update
 
 REPO = Path(__file__).resolve().parents[2]
 # Per case: the settings, new rewards for some groups (PLAN's groups 0 and 3 are dead, 1 and 2 live),
@@ -158,3 +158,11 @@ def test_gradient_checkpointing_reaches_the_trainer(rounds):
     assert full.args.gradient_checkpointing
     assert full.accelerator.unwrap_model(full.model).is_gradient_checkpointing
     assert not lora.args.gradient_checkpointing
+
+
+def test_rank_order_gives_each_process_its_share_of_every_step():
+    # 8 groups, 2 steps of 4: process 0 gets groups 0,1 (step 1) and 4,5 (step 2), process 1 the rest
+    assert rank_order(8, 2, 2) == [0, 1, 4, 5, 2, 3, 6, 7]
+    assert rank_order(8, 2, 1) == list(range(8))
+    with pytest.raises(ValueError, match="do not split"):
+        rank_order(8, 2, 3)
