@@ -283,35 +283,52 @@ def cmd_score(args) -> None:
     prov.write(args.provenance, {"scored": args.out})
 
 
-def _one_gpu_for_slow() -> None:
-    """The slow stage trains in one process on one GPU (multi-GPU launch is not built yet).
+def _slow_processes(gpus: int) -> int:
+    """This process's rank; checks that the stage runs in slow.gpus processes, before CUDA starts.
 
-    Given several GPUs, a single-process Trainer would wrap the model in DataParallel, which our
-    per-step loss normaliser does not account for: keep the first GPU, before CUDA starts.
+    slow.gpus = 1: one process. Given several GPUs, a single-process Trainer would wrap the model in
+    DataParallel, which our per-step loss normaliser does not account for: keep the first GPU.
+    slow.gpus = N > 1: `accelerate launch --num_processes N` (the workflow's command) started N
+    processes, one per GPU (WORLD_SIZE, RANK and LOCAL_RANK are set by its launcher).
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit("fst slow runs in one process: launch it without accelerate/torchrun")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != gpus:
+        how = (f"launch it as `accelerate launch --config_file config/accelerate/<fsdp|ddp>.yaml "
+               f"--num_processes {gpus} -m fst slow ...` (the workflow does)" if gpus > 1
+               else "launch it without accelerate/torchrun, or set slow.gpus to the number of processes")
+        raise SystemExit(f"fst slow: slow.gpus is {gpus} but this stage runs in {world} process(es): {how}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if "," in visible:
+    if gpus == 1 and "," in visible:
         log.warning("slow stage: %s GPUs visible, training on the first only", visible.count(",") + 1)
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0]
+    return int(os.environ.get("RANK", "0"))
 
 
 def cmd_slow(args) -> None:
     """Slow stage: T CISPO steps (TRL) on the round's stored, scored rollouts."""
     cfg = _json(args.settings)
-    _one_gpu_for_slow()
+    rank = _slow_processes(cfg["gpus"])
     inputs = {"scored": args.scored, "policy_in": args.policy_in, "base_model": args.base_model}
-    prov = Provenance("slow", inputs, cfg, seed=cfg.get("seed"))
+    # only the first process writes the provenance: the others skip hashing the inputs
+    prov = Provenance("slow", inputs if rank == 0 else {}, cfg, seed=cfg.get("seed"))
     with prov.timed("imports"):
         import peft  # noqa: F401
-        import torch  # noqa: F401
+        import torch
         import trl  # noqa: F401
 
         from fst.device import describe
         from fst.slow import SlowConfig, round_counts, run_slow_update, slow_runtime
     settings = SlowConfig.from_dict(cfg)
-    prov.record["runtime"] = describe(slow_runtime(settings))
+    runtime = slow_runtime(settings)
+    visible = torch.cuda.device_count() if runtime.device == "cuda" else 0
+    if settings.gpus > 1 and visible < settings.gpus:
+        raise SystemExit(
+            f"fst slow: slow.gpus is {settings.gpus} but this process computes on {runtime.device} and sees "
+            f"{visible} GPU(s): the slow stage runs one process per GPU, on GPUs only. Set slow.gpus to at "
+            f"most the GPUs a job gets (1 on a CPU), or run where the job sees {settings.gpus} GPUs."
+        )
+    if rank == 0:  # describe() touches the current GPU: in another process it would open a context on GPU 0
+        prov.record["runtime"] = describe(runtime) | {"processes": settings.gpus}
     with prov.timed("train"):
         metrics = run_slow_update(
             Path(args.scored),
@@ -322,6 +339,8 @@ def cmd_slow(args) -> None:
             args.round,
             settings,
         )
+    if rank != 0:  # the first process writes the round's files; the others only trained
+        return
     artifacts.write_json(metrics, args.metrics)
     prov.count(**round_counts(metrics, settings))
     prov.record["timings_s"]["process_start"] = args.process_start

@@ -119,6 +119,7 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"each optimiser step takes whole groups. Set slow.batch_size to e.g. "
             f"{group * max(1, batch // group)}."
         )
+    _check_slow_gpus(cfg, source)
     population = cfg["fast"]["population_size"]
     if "fst" in cfg["arms"] and group % population:
         divisor = max(k for k in range(1, population + 1) if group % k == 0)
@@ -149,6 +150,25 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"{source}: a round needs {needed} training problems (slow.steps_per_round × slow.batch_size "
             f"/ rollout.group_size) but tasks.sizes.train is {cfg['tasks']['sizes']['train']}. "
             f"Raise tasks.sizes.train or lower slow.steps_per_round."
+        )
+
+
+def _check_slow_gpus(cfg: dict, source: str) -> None:
+    """slow.gpus > 1: processes on GPUs of one node, each with whole groups of every step."""
+    gpus, group, batch = cfg["slow"]["gpus"], cfg["rollout"]["group_size"], cfg["slow"]["batch_size"]
+    if gpus == 1:
+        return
+    if cfg["model"]["device"] == "cpu":
+        raise ConfigError(
+            f"{source}: slow.gpus is {gpus} but model.device is 'cpu': the slow stage runs one process per "
+            f"GPU. Set slow.gpus: 1 on the CPU, or model.device: auto (or cuda) on a node with {gpus} GPUs."
+        )
+    if batch % (gpus * group):
+        fit = gpus * group * max(1, round(batch / (gpus * group)))
+        raise ConfigError(
+            f"{source}: slow.batch_size ({batch}) must be a multiple of slow.gpus × rollout.group_size "
+            f"({gpus} × {group} = {gpus * group}): each of the {gpus} processes trains whole groups of every "
+            f"step. Set slow.batch_size to e.g. {fit}, or change slow.gpus."
         )
 
 

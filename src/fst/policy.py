@@ -48,11 +48,15 @@ def load_policy(path: Path, dtype: str = "float32", device: str = "cpu"):
     return model, load_tokenizer(path)
 
 
-def save_policy(model, out_dir: Path, base_model_dir: Path, **info) -> None:
-    """Save a trained model (a PeftModel saves only its adapter) with its policy record."""
+def save_policy(model, out_dir: Path, base_model_dir: Path, state_dict: dict | None = None, **info) -> None:
+    """Save a trained model (a PeftModel saves only its adapter) with its policy record.
+
+    state_dict: the full weights when `model`'s own are sharded over processes (FSDP), gathered by
+    the caller; else the model's own are saved.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
+    model.save_pretrained(out_dir, **({"state_dict": state_dict} if state_dict is not None else {}))
     kind = policy_kind(out_dir)
     if kind == "full":
         from transformers import AutoTokenizer

@@ -7,6 +7,8 @@ stages (as JSON on their command line), so a stage can never silently fall back 
 
 from __future__ import annotations
 
+import shlex
+
 from fst.generation import SamplingSettings
 from fst.slow import LoraSettings, SlowConfig
 
@@ -50,3 +52,30 @@ def slow(cfg: dict, seed: int) -> SlowConfig:
         device=cfg["model"]["device"],
         seed=seed,
     )
+
+
+def slow_strategy(cfg: dict) -> str:
+    """How slow.gpus > 1 processes share the model: FSDP shards a full fine-tune, DDP replicates LoRA."""
+    return "ddp" if cfg["slow"]["lora"]["enabled"] else "fsdp"
+
+
+def slow_launcher(cfg: dict, accelerate_dir: str) -> str:
+    """The command that starts the slow stage: `fst` with one GPU; with N, N processes of `fst`.
+
+    `accelerate launch` (torchrun underneath) starts one process per GPU on this node with the
+    shipped config of `slow_strategy` (accelerate_dir/<fsdp|ddp>.yaml); port 0 picks a free port, so
+    two such jobs on one node do not collide.
+    """
+    gpus = cfg["slow"]["gpus"]
+    if gpus == 1:
+        return "fst"
+    config = shlex.quote(f"{accelerate_dir}/{slow_strategy(cfg)}.yaml")
+    return (f"accelerate launch --config_file {config} --num_processes {gpus} --num_machines 1 "
+            "--main_process_port 0 -m fst")
+
+
+def slow_resources(cfg: dict) -> dict:
+    """The slow job's GPUs: all slow.gpus on one node, for ONE task (SLURM: --gpus=N --nodes=1 and no
+    --ntasks-per-gpu, which would start the whole command once per GPU; accelerate starts the N
+    processes inside that one task)."""
+    return {"gpu": cfg["slow"]["gpus"], "nodes": 1}

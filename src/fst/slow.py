@@ -25,7 +25,14 @@ k3 KL estimate is not clamped. Here is only what TRL does not do for us:
   (the step's live tokens, verl's default) or `round_token_mean` (TRL's own: the round's tokens / T);
 - an audit of on-policy-ness: the largest gap between the stored sampling log-probs and the old
   log-probs the trainer recomputes (`sampling/sampling_logp_difference/*`);
-- checkpoint housekeeping across rounds run as separate processes.
+- checkpoint housekeeping across rounds run as separate processes;
+- several processes (`slow.gpus` > 1, started by `accelerate launch`, FSDP or DDP): TRL gathers the
+  rewards and normalises each group once over all processes, but hands each process a consecutive
+  share of the round and lets every process divide its loss by its own share of our counts. Here
+  the groups are ordered so that each global step trains the same groups as in one process
+  (`rank_order`), each process holds whole groups, and the per-step counts (loss normaliser, dead
+  groups, the skip) are summed over processes (`split_into_steps`): the same training as in one
+  process. Only the main process writes the policy (a full state dict gathered from FSDP's shards).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, fields
@@ -99,6 +107,8 @@ class SlowConfig:
     max_grad_norm: float
     max_completion_length: int
     temperature: float
+    gpus: int  # processes (one per GPU) the stage runs in; several: launched by accelerate
+    gradient_checkpointing: bool
     lora: LoraSettings
     dtype: str  # model.dtype as configured (auto included); resolved on the stage's machine
     device: str  # model.device as configured
@@ -162,11 +172,33 @@ def _group_key(group_index: int) -> str:
     return f"group {group_index}"
 
 
-def group_dataset(rows: pd.DataFrame):
-    """TRL's train dataset: one row per stored group, in order; its prompt is the group's key."""
+def rank_order(groups: int, steps: int, processes: int) -> list[int]:
+    """The order of the round's groups in TRL's dataset so that N processes train as one does.
+
+    With one process, step k trains groups k·S … (k+1)·S − 1 (S groups a step). With N, TRL's data
+    loader hands process r the r-th consecutive 1/N of the round (its T local steps, S/N groups each),
+    and the global step k is the union of every process's k-th local step. Listing, per process r and
+    local step k, the groups k·S + r·S/N … makes global step k the same S groups as with one process.
+    """
+    per_step = groups // steps
+    share = per_step // processes
+    if groups % steps or per_step % processes:
+        raise ValueError(f"{groups} groups do not split into {steps} steps over {processes} processes")
+    return [k * per_step + r * share + m
+            for r in range(processes) for k in range(steps) for m in range(share)]
+
+
+def group_dataset(rows: pd.DataFrame, steps: int = 1, processes: int = 1):
+    """TRL's train dataset: one row per stored group; its prompt is the group's key.
+
+    In file order with one process; with several, in `rank_order` (each process then serves its own
+    whole groups, and every global step trains the groups it would train in one process).
+    """
     from datasets import Dataset
 
-    return Dataset.from_dict({"prompt": [_group_key(g) for g in rows["group_index"].unique()]})
+    groups = rows["group_index"].unique()
+    order = rank_order(len(groups), steps, processes) if processes > 1 else range(len(groups))
+    return Dataset.from_dict({"prompt": [_group_key(groups[i]) for i in order]})
 
 
 class StoredRollouts:
@@ -207,19 +239,31 @@ def stored_reward(completions, stored_reward, **kwargs) -> list[float]:
     return list(stored_reward)
 
 
-def split_into_steps(batch: dict, live: list[bool], cfg: SlowConfig) -> tuple[list[dict], list[dict]]:
+def _local_sum(counts):
+    return counts
+
+
+def split_into_steps(
+    batch: dict, live: list[bool], cfg: SlowConfig, global_sum=_local_sum
+) -> tuple[list[dict], list[dict]]:
     """The round's generation batch as T step batches, with dead groups masked out of the loss.
 
-    TRL's loss is sum(per-token loss × completion_mask × tool_mask) / (num_items_in_batch / T); both
-    factors are ours to set. A dead row (`zero_variance_groups: drop`) gets a tool_mask of 0, so its
-    tokens leave the policy term, the KL term, their metrics and the normaliser, while the attention
-    mask is untouched. The aggregation (`slow.loss_aggregation`):
+    TRL's loss is sum(per-token loss × completion_mask × tool_mask) / (num_items_in_batch / (N·T)) on
+    each of N processes, whose gradients DDP/FSDP then average (÷ N): the step's gradient is that of
+    the sum over all processes' tokens / (num_items_in_batch / T). Both factors are ours to set. A
+    dead row (`zero_variance_groups: drop`) gets a tool_mask of 0, so its tokens leave the policy
+    term, the KL term, their metrics and the normaliser, while the attention mask is untouched. The
+    aggregation (`slow.loss_aggregation`):
     - seq_mean_token_mean: a live row's tool_mask is 1/its length and num_items_in_batch is the step's
       live rows × T, so each completion's token losses are averaged and the step's loss is the mean
       over its live completions: a long completion weighs as much as a short one;
     - token_mean: tool_mask 1, num_items_in_batch the step's live tokens × T;
     - round_token_mean: tool_mask 1, num_items_in_batch the round's live tokens (TRL's own).
-    Returns (step batches, per-step counts of live and dropped groups and live tokens).
+    The counts are over the step's rows on ALL processes: `global_sum` adds a tensor of counts over
+    the processes (identity in one process), so every process divides by the same global count, the
+    loss equals the one-process loss, and a step whose groups are all dead is seen as such by every
+    process at once. Returns (this process's step batches, per-step global counts of live and dropped
+    groups and live tokens).
     """
     import torch
     from trl.trainer.utils import split_tensor_dict
@@ -233,30 +277,55 @@ def split_into_steps(batch: dict, live: list[bool], cfg: SlowConfig) -> tuple[li
         weight = weight / completion_mask.sum(-1).clamp(min=1)
     batch = dict(batch, tool_mask=weight[:, None].expand_as(completion_mask).contiguous())
     steps = split_tensor_dict(batch, T)
-    round_tokens = (completion_mask * rows[:, None]).sum()
+    signalled = torch.tensor(live, device=completion_mask.device)
+    local = []  # per step: live rows, live tokens, groups, groups with signal
+    for step, used, signal in zip(steps, rows.chunk(T), signalled.chunk(T), strict=True):
+        per_group = signal.view(-1, G)[:, 0]  # per group: do its rewards differ?
+        local.append([used.sum(), (step["completion_mask"] * used[:, None]).sum(), len(per_group),
+                      per_group.sum()])
+    counts = global_sum(torch.tensor(local, dtype=torch.int64, device=completion_mask.device)).tolist()
+    round_tokens = sum(tokens for _, tokens, _, _ in counts)
     stats = []
-    for step, used, signalled in zip(steps, rows.chunk(T), torch.tensor(live).chunk(T), strict=True):
-        tokens = (step["completion_mask"] * used[:, None]).sum()
-        step["num_items_in_batch"] = {
-            "seq_mean_token_mean": used.sum() * T,
+    for step, (used, tokens, groups, signal) in zip(steps, counts, strict=True):
+        step["num_items_in_batch"] = torch.tensor({
+            "seq_mean_token_mean": used * T,
             "token_mean": tokens * T,
             "round_token_mean": round_tokens,
-        }[cfg.loss_aggregation]
-        signal = signalled.view(-1, G)[:, 0]  # per group: do its rewards differ?
-        dropped = 0 if keep else int((~signal).sum())
-        stats.append({"live_groups": len(signal) - dropped, "dropped_groups": dropped,
-                      "zero_variance_groups": int((~signal).sum()), "live_tokens": int(tokens)})
+        }[cfg.loss_aggregation], device=completion_mask.device)
+        dropped = 0 if keep else groups - signal
+        stats.append({"live_groups": groups - dropped, "dropped_groups": dropped,
+                      "zero_variance_groups": groups - signal, "live_tokens": tokens})
     return steps, stats
 
 
-def with_importance_weights(batch: dict, old_logps, cap: float) -> tuple[dict, dict[str, float]]:
+def _local_gather(values):
+    return values
+
+
+def _pooled(values, mask, gather) -> tuple[float, float, float, float]:
+    """(count, sum, min, max) of values[mask] over every process (`gather` stacks each process's row)."""
+    import torch
+
+    picked = values[mask].double()
+    empty = picked.numel() == 0
+    local = torch.stack([torch.tensor(float(picked.numel()), dtype=torch.float64, device=values.device),
+                         picked.sum(),
+                         picked.min() if not empty else picked.new_tensor(float("inf")),
+                         picked.max() if not empty else picked.new_tensor(float("-inf"))])
+    rows = gather(local[None]).view(-1, 4)
+    return rows[:, 0].sum().item(), rows[:, 1].sum().item(), rows[:, 2].min().item(), rows[:, 3].max().item()
+
+
+def with_importance_weights(
+    batch: dict, old_logps, cap: float, gather=_local_gather
+) -> tuple[dict, dict[str, float]]:
     """Fold the truncated rollout importance weight w = min(exp(old − sampling), cap) into the advantages.
 
     TRL applies this correction only when it runs vLLM itself (`use_vllm`), multiplying the policy
     term of each token's loss by w before the KL term is added; our rollouts come from a stored file,
     so it is done here, the same way: the CISPO policy term is −sg(min(ρ, ε_high))·A·log π, so w·A per
     token (TRL takes (B, T) advantages) weights exactly that term and leaves β·KL alone. A token with
-    no stored log-prob (NaN) gets w = 1.
+    no stored log-prob (NaN) gets w = 1. The metrics are over every process's tokens.
     """
     import torch
 
@@ -264,14 +333,15 @@ def with_importance_weights(batch: dict, old_logps, cap: float) -> tuple[dict, d
     weight = torch.exp(old_logps - batch["sampling_per_token_logps"]).nan_to_num(1.0).clamp(max=cap)
     weight = torch.where(mask, weight, torch.ones_like(weight))
     out = dict(batch, advantages=batch["advantages"][:, None] * weight)
-    live = weight[mask]
-    return out, {"sampling/importance_weight/mean": live.mean().item(),
-                 "sampling/importance_weight/min": live.min().item(),
-                 "sampling/importance_weight/capped_fraction": (live >= cap).float().mean().item()}
+    count, total, low, _ = _pooled(weight, mask, gather)
+    capped, _, _, _ = _pooled(weight, mask & (weight >= cap), gather)
+    return out, {"sampling/importance_weight/mean": total / count,
+                 "sampling/importance_weight/min": low,
+                 "sampling/importance_weight/capped_fraction": capped / count}
 
 
-def sampling_logp_gap(batch: dict) -> dict[str, float]:
-    """|stored sampling log-prob − the trainer's old log-prob| over completion tokens.
+def sampling_logp_gap(batch: dict, gather=_local_gather) -> dict[str, float]:
+    """|stored sampling log-prob − the trainer's old log-prob| over completion tokens (of every process).
 
     Near 0 when the rollouts were sampled from the policy the trainer starts from, with the
     distribution it scores (temperature τ, full vocabulary); large when they were not (e.g. another
@@ -280,10 +350,10 @@ def sampling_logp_gap(batch: dict) -> dict[str, float]:
     """
     if "old_per_token_logps" not in batch or "sampling_per_token_logps" not in batch:
         return {}
-    mask = batch["completion_mask"].bool()
-    gap = (batch["old_per_token_logps"] - batch["sampling_per_token_logps"]).abs()[mask]
-    return {"sampling/sampling_logp_difference/mean": gap.mean().item(),
-            "sampling/sampling_logp_difference/max": gap.max().item()}
+    gap = (batch["old_per_token_logps"] - batch["sampling_per_token_logps"]).abs()
+    count, total, _, high = _pooled(gap, batch["completion_mask"].bool(), gather)
+    return {"sampling/sampling_logp_difference/mean": total / count,
+            "sampling/sampling_logp_difference/max": high}
 
 
 @functools.cache
@@ -312,19 +382,27 @@ def _trainer_class():
             step = self._step % T
             if step == 0 or self._buffered_inputs is None:
                 batch = self._generate_and_score_completions(generation_batch)
-                _check_loss_mask(batch, self.rollout_func.completion_tokens)
-                for name, value in sampling_logp_gap(batch).items():
+                served = self._global_sum(torch.tensor(self.rollout_func.completion_tokens,
+                                                       device=self.accelerator.device))
+                _check_loss_mask(batch, int(served))
+                for name, value in sampling_logp_gap(batch, self.accelerator.gather).items():
                     self._metrics["train"][name].append(value)
                 if self.fst_importance_correction:
                     batch, weights = with_importance_weights(
-                        batch, self._old_logps(batch), self.fst_config.importance_cap
+                        batch, self._old_logps(batch), self.fst_config.importance_cap, self.accelerator.gather
                     )
                     for name, value in weights.items():
                         self._metrics["train"][name].append(value)
                 self._buffered_inputs, self._step_stats = split_into_steps(
-                    batch, self.rollout_func.live, self.fst_config
+                    batch, self.rollout_func.live, self.fst_config, self._global_sum
                 )
             return self._buffered_inputs[step]
+
+        def _global_sum(self, counts):
+            """counts summed over the processes (all of them call this at the same point)."""
+            if self.accelerator.num_processes == 1:
+                return counts
+            return self.accelerator.reduce(counts.clone(), reduction="sum")
 
         def _old_logps(self, batch):
             """log π_θc of the completion tokens: TRL's own when it computed them (T > 1), else now."""
@@ -341,7 +419,10 @@ def _trainer_class():
 
             No backward pass leaves every gradient None, so AdamW skips every parameter: the weights
             and the optimiser's moments stay as they were (a zero loss would still move the weights
-            through Adam's momentum). The learning-rate schedule advances: the step is counted.
+            through Adam's momentum). The learning-rate schedule advances: the step is counted. The
+            counts are over all processes, so they all skip the same steps together (none waits in a
+            gradient all-reduce that another skips); a process whose own rows of a live step are all
+            dead still runs its forward and backward pass, with a zero loss.
             """
             model.train()  # as Trainer.training_step does before it prepares the inputs
             inputs = self._step_batch(inputs)  # the step's batch: its counts decide the skip
@@ -415,6 +496,10 @@ def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig, runtime:
     return model, cfg.lora.to_peft() if cfg.lora.enabled else None
 
 
+def lora_model(model) -> bool:
+    return hasattr(model, "peft_config")
+
+
 def _kl_reference_to_base(model, cfg: SlowConfig) -> None:
     """LoRA: with no `ref` adapter TRL computes the reference with adapters disabled, i.e. the base.
 
@@ -424,8 +509,31 @@ def _kl_reference_to_base(model, cfg: SlowConfig) -> None:
         model.delete_adapter(_REF_ADAPTER)
 
 
-def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
-    """The stage's GRPOConfig: every choice of the method set here, checkpoints in state_dir."""
+def process_count() -> int:
+    """Processes this stage runs in: WORLD_SIZE, set by `accelerate launch` (torchrun); else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_processes(cfg: SlowConfig, processes: int) -> None:
+    """The stage must run in slow.gpus processes, each with whole groups of every step."""
+    if processes != cfg.gpus:
+        how = ("launch it with `accelerate launch --num_processes "
+               f"{cfg.gpus} -m fst slow ...` (the workflow does)" if cfg.gpus > 1
+               else "run `fst slow ...` without accelerate/torchrun")
+        raise ValueError(f"slow.gpus is {cfg.gpus} but the stage runs in {processes} processes: {how}")
+    if cfg.batch_size % (processes * cfg.group_size):
+        raise ValueError(
+            f"slow.batch_size ({cfg.batch_size}) must be a multiple of slow.gpus × rollout.group_size "
+            f"({processes} × {cfg.group_size}): each process trains whole groups of every step"
+        )
+
+
+def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int, processes: int = 1):
+    """The stage's GRPOConfig: every choice of the method set here, checkpoints in state_dir.
+
+    With N processes each trains batch_size / N completions a step (whole groups), and the
+    gradients are averaged over processes: the step is one step on batch_size completions.
+    """
     from trl import GRPOConfig
 
     runtime = slow_runtime(cfg)
@@ -450,7 +558,7 @@ def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
         temperature=cfg.temperature,  # log π at the rollouts' sampling temperature τ
         max_completion_length=cfg.max_completion_length,
         num_generations=cfg.group_size,
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // processes,
         gradient_accumulation_steps=1,
         steps_per_generation=T,  # one generation = the whole round; old log-probs from θ_c
         shuffle_dataset=False,
@@ -473,7 +581,8 @@ def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int):
         use_cpu=runtime.device == "cpu",  # else the Trainer puts the model on the job's GPU
         bf16=runtime.dtype == "bfloat16",
         fp16=runtime.dtype == "float16",
-        gradient_checkpointing=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,  # recompute activations: memory for time
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # works under DDP/FSDP and with LoRA
         seed=cfg.seed,
     )
 
@@ -558,9 +667,12 @@ def run_slow_update(
     Resumes optimizer, scheduler and RNG from state_dir/checkpoint-{round_index·T} (written by the
     previous round), so a rerun of the same round starts from the same state and gives the same result.
     """
+    from accelerate import PartialState
     from transformers import PrinterCallback
 
     rows = load_round(Path(scored_path), round_index, cfg)
+    processes = process_count()
+    check_processes(cfg, processes)
     state_dir = Path(state_dir)
     start = round_index * cfg.steps_per_round
     resume = _checkpoint(state_dir, start) if round_index > 0 else None
@@ -569,7 +681,12 @@ def run_slow_update(
             f"round {round_index} resumes the optimizer state from {resume}: "
             f"run round {round_index - 1} first with the same state_dir"
         )
-    _prune_checkpoints(state_dir, keep={start})  # a later checkpoint is stale from an earlier run
+    args = grpo_args(cfg, state_dir, round_index, processes)  # starts the process group when N > 1
+    state = PartialState()
+    main = state.is_main_process
+    if main:
+        _prune_checkpoints(state_dir, keep={start})  # a later checkpoint is stale from an earlier run
+    state.wait_for_everyone()
 
     model, peft_config = _load_model(Path(policy_in), Path(base_model_dir), cfg, slow_runtime(cfg))
     trainer_cls, step_log = _trainer_class()
@@ -579,8 +696,8 @@ def run_slow_update(
         trainer = trainer_cls(
             model=model,
             reward_funcs=stored_reward,
-            args=grpo_args(cfg, state_dir, round_index),
-            train_dataset=group_dataset(rows),
+            args=args,
+            train_dataset=group_dataset(rows, cfg.steps_per_round, processes),
             processing_class=load_tokenizer(Path(policy_in)),
             peft_config=peft_config,
             rollout_func=StoredRollouts(rows),
@@ -591,21 +708,29 @@ def run_slow_update(
     _kl_reference_to_base(trainer.accelerator.unwrap_model(trainer.model), cfg)
     trainer.remove_callback(PrinterCallback)
     log.info(
-        "slow round %d: steps %d..%d on %d rollouts",
+        "slow round %d: steps %d..%d on %d rollouts in %d process(es)",
         round_index,
         start + 1,
         start + cfg.steps_per_round,
         len(rows),
+        processes,
     )
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     end = trainer.state.global_step
-    _drop_ref_adapter(_checkpoint(state_dir, end))
     trained = trainer.accelerator.unwrap_model(trainer.model)
     if _REF_ADAPTER in getattr(trained, "peft_config", {}):
         trained.delete_adapter(_REF_ADAPTER)  # save only the trained adapter
-    save_policy(trained, Path(policy_out), Path(base_model_dir), round=round_index, global_step=end)
-    _prune_checkpoints(state_dir, keep={start, end})
+    # A LoRA policy is replicated on every process (DDP); a full one may be sharded (FSDP): gather its
+    # full state dict (a collective: every process takes part), which only the main process writes.
+    sharded = processes > 1 or trainer.is_fsdp_enabled
+    full = trainer.accelerator.get_state_dict(trainer.model) if sharded and not lora_model(trained) else None
+    if main:
+        _drop_ref_adapter(_checkpoint(state_dir, end))
+        save_policy(trained, Path(policy_out), Path(base_model_dir), state_dict=full, round=round_index,
+                    global_step=end)
+        _prune_checkpoints(state_dir, keep={start, end})
+    state.wait_for_everyone()
 
     steps = _round_logs(trainer.state.log_history, start)
     return {**_aggregate(steps), "round": round_index, "global_step": end, "steps": steps}

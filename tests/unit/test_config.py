@@ -274,3 +274,21 @@ def test_openai_reflection_needs_an_endpoint(shipped):
     shipped["reflection"] = {"backend": "openai", "model": "m"}
     message = _error(shipped)
     assert "reflection.base_url" in message and "reflection.backend: local" in message
+
+
+def test_slow_gpus_must_split_each_step_into_whole_groups(shipped):
+    shipped["rollout"]["group_size"], shipped["slow"]["batch_size"] = 4, 8
+    shipped["slow"]["gpus"] = 4
+    message = _error(shipped)
+    assert "slow.batch_size (8)" in message and "slow.gpus × rollout.group_size" in message
+    suggested = int(re.search(r"Set slow.batch_size to e.g. (\d+)", message).group(1))
+    assert suggested % 16 == 0
+    shipped["slow"]["gpus"] = 2
+    assert validate_config(shipped, SCHEMA, source=SOURCE)["slow"]["gpus"] == 2
+
+
+def test_slow_gpus_on_the_cpu_is_refused(shipped):
+    shipped["rollout"]["group_size"], shipped["slow"]["batch_size"] = 4, 8
+    shipped["slow"]["gpus"], shipped["model"]["device"] = 2, "cpu"
+    message = _error(shipped)
+    assert "slow.gpus is 2" in message and "model.device is 'cpu'" in message and "slow.gpus: 1" in message

@@ -66,12 +66,20 @@ def test_the_defaults_ask_for_auto():
     assert (cfg["model"]["device"], cfg["model"]["dtype"], cfg["rollout"]["backend"]) == ("auto",) * 3
 
 
-def test_the_slow_stage_keeps_one_gpu_and_refuses_a_multi_process_launch(monkeypatch):
-    from fst.cli import _one_gpu_for_slow
+def test_the_slow_stage_keeps_one_gpu_and_runs_in_slow_gpus_processes(monkeypatch):
+    from fst.cli import _slow_processes
 
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    _one_gpu_for_slow()
-    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"
+    assert _slow_processes(1) == 0
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"  # one process: no DataParallel
+    with pytest.raises(SystemExit, match="accelerate launch .* --num_processes 2"):
+        _slow_processes(2)  # slow.gpus: 2 started without the launcher
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(SystemExit, match="one process"):
-        _one_gpu_for_slow()
+    monkeypatch.setenv("RANK", "1")
+    assert _slow_processes(2) == 1
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # each process takes its LOCAL_RANK
+    with pytest.raises(SystemExit, match="slow.gpus is 1 but this stage runs in 2"):
+        _slow_processes(1)
+

@@ -46,6 +46,8 @@ RUN_WILDCARDS = {"point": POINTS, "arm": config["arms"], "seed": config["seeds"]
 EVAL_POINTS = range(config["rounds"] + 1)
 TRACKING_URI_OPTION = f"--uri {config['tracking']['uri']}" if config["tracking"]["uri"] else ""
 TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"]
+# accelerate configs of the slow stage on several GPUs (config/accelerate/ beside the Snakefile)
+ACCELERATE_DIR = os.path.join(workflow.basedir, "config", "accelerate")
 ENV = "../../envs/cpu.yaml"
 GPU_ENV = "../../envs/gpu.yaml"  # the rules that ask for a GPU in profiles/default/
 # The checkout, for envs/*.post-deploy.sh: Snakemake runs them from this process when it creates
@@ -236,6 +238,16 @@ def rollout_settings(wildcards):
 
 def slow_settings(wildcards):
     return asdict(settings.slow(point_config(wildcards), int(wildcards.seed)))
+
+
+def slow_launcher(wildcards):
+    """`fst`, or `accelerate launch ... -m fst` when the point's slow.gpus > 1."""
+    return settings.slow_launcher(point_config(wildcards), ACCELERATE_DIR)
+
+
+def slow_resource(name):
+    """One of the slow job's resources (its GPUs follow slow.gpus of the job's point)."""
+    return lambda wildcards: settings.slow_resources(point_config(wildcards))[name]
 
 
 def evaluate_settings(wildcards):

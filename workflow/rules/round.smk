@@ -88,8 +88,13 @@ rule slow:
         f"{ROUND}/logs/slow.log",
     benchmark:
         f"{ROUND}/benchmarks/slow.tsv"
+    resources:
+        # slow.gpus GPUs of one node for one task (profiles/default/ sets memory and runtime, not these)
+        gpu=slow_resource("gpu"),
+        nodes=slow_resource("nodes"),
     params:
         settings=lambda w: as_json(slow_settings(w)),
+        launcher=slow_launcher,
         # Trainer checkpoints (optimizer state) live outside the round folders: Snakemake deletes
         # a failed job's outputs, and a rerun of this round resumes from the previous round's state.
         state_dir=f"{RUN}/trainer_state",
@@ -98,6 +103,6 @@ rule slow:
     conda:
         GPU_ENV
     shell:
-        "fst slow --scored {input.scored} --policy-in {input.policy} --base-model {input.base_model} "
-        "--state-dir {params.state_dir} --round {wildcards.round} --settings {params.settings:q} "
+        "{params.launcher} slow --scored {input.scored} --policy-in {input.policy} "
+        "--base-model {input.base_model} --state-dir {params.state_dir} --round {wildcards.round} --settings {params.settings:q} "
         "--out {output.policy} --metrics {output.metrics} --provenance {output.provenance} 2> {log}"
