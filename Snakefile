@@ -16,6 +16,7 @@ include: "workflow/rules/report.smk"
 
 
 onstart:
+    check_devices_here()
     print(f"fst-workflow: experiment '{EXPERIMENT}', results in {EXP_DIR}/")
 
 

@@ -46,19 +46,28 @@ def test_what_this_machine_lacks_is_refused_with_the_key_and_the_fix(dev, backen
     assert str(error.value).startswith("cfg.yaml: ")
 
 
-def test_a_run_that_asks_for_a_gpu_here_stops_before_any_job(tmp_path):
-    """`snakemake -n` (the local executor) refuses model.device: cuda on a machine without one."""
-    config = tmp_path / "gpu.yaml"
-    config.write_text("model: {device: cuda}\nrollout: {backend: vllm}\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(config), "--directory", str(tmp_path),
-         "--snakefile", str(REPO / "Snakefile")],
+def _snakemake(tmp_path, config, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "--configfile", str(config), "--directory", str(tmp_path),
+         "--snakefile", str(REPO / "Snakefile"), *args],
         capture_output=True, text=True, cwd=REPO,
     )
+
+
+def test_a_run_that_asks_for_a_gpu_here_stops_before_any_job(tmp_path):
+    """A local run refuses model.device: cuda and rollout.backend: vllm on a machine without them, on
+    start, before any job; the same config on a cluster (`--profile slurm`) is planned: its jobs check
+    their own nodes, and a login node without a GPU must not refuse it."""
+    config = tmp_path / "gpu.yaml"
+    config.write_text("model: {device: cuda}\nrollout: {backend: vllm}\n")
+    done = _snakemake(tmp_path, config, "--cores", "1")
     assert done.returncode != 0
     out = done.stdout + done.stderr
     assert "model.device is 'cuda'" in out and "rollout.backend is 'vllm'" in out and str(config) in out
-    assert "Job stats" not in out  # no DAG was planned
+    assert not (tmp_path / "results").exists()  # no job ran
+    on_cluster = _snakemake(tmp_path, config, "-n", "--profile", "slurm")
+    assert on_cluster.returncode == 0, on_cluster.stderr
+    assert "rollout.backend is 'vllm'" not in on_cluster.stdout + on_cluster.stderr
 
 
 def test_the_defaults_ask_for_auto():

@@ -25,12 +25,20 @@ try:
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 POINTS = list(POINT_CONFIG)
-if workflow.is_main_process and workflow.local_exec:
-    # Jobs run on this machine: a GPU or vLLM it lacks stops the run now, before any job. On a
-    # cluster each model stage checks its own node when it starts (fst.device.resolve).
-    _missing = sorted({p for cfg in POINT_CONFIG.values() for p in missing_here(cfg, _config_source())})
-    if _missing:
-        raise WorkflowError("\n".join(_missing))
+
+
+def check_devices_here():
+    """Called on start (before any job): when jobs run on this machine, a GPU or vLLM it lacks stops the
+    run now. Not while the Snakefile is parsed: the executor is not known then (a cluster run from a
+    login node without a GPU would be refused). On a cluster each model stage checks its own node when
+    it starts (fst.device.resolve)."""
+    if not workflow.local_exec:
+        return
+    missing = sorted({p for cfg in POINT_CONFIG.values() for p in missing_here(cfg, _config_source())})
+    if missing:
+        raise WorkflowError("\n".join(missing))
+
+
 config.clear()
 config.update(POINT_CONFIG[POINTS[0]])  # keys shared by all points (experiment, arms, seeds, rounds, ...)
 
