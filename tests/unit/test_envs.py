@@ -70,8 +70,14 @@ def test_every_rule_names_an_env_file_that_exists(rules):
 
 
 def test_rules_that_ask_for_a_gpu_use_the_gpu_env(rules):
+    # A rule asks for GPUs in the workflow profile (its `gpu` request) or in its own resources (slow:
+    # slow.gpus GPUs, which a profile value would override).
     profile = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
-    gpu_rules = {rule for rule, resources in profile["set-resources"].items() if "gpu" in str(resources)}
+    asks = re.compile(r"dict\(gpu\b")  # ?dict(gpu, ...): the profile's GPU request
+    in_profile = {rule for rule, res in profile["set-resources"].items() if asks.search(str(res))}
+    in_rule = {rule.name for rule in _parse_workflow() if "gpu" in rule.resources}
+    assert in_rule == {"slow"}
+    gpu_rules = in_profile | in_rule
     model_stages = {"fast", "rollout", "slow", "evaluate", "evaluate_test", "evaluate_posthoc", "decompose"}
     assert gpu_rules == model_stages
     for name, env in rules.items():
