@@ -280,47 +280,30 @@ def stored_rows(ctx, completions):
 
 def slow_stage(ctx, completions) -> dict:
     need("trl", "slow (CISPO)")
-    from transformers import PrinterCallback
     lora = ctx["shape"] in LORA_SHAPES
     if lora:
         need("peft", "slow (CISPO, LoRA)")
     from fst import settings
     from fst.config import default_config
-    from fst.slow import (
-        StoredRollouts,
-        _kl_reference_to_base,
-        _trainer_class,
-        group_dataset,
-        grpo_args,
-        load_round,
-        stored_reward,
-    )
+    from fst.slow import build_trainer, grpo_args, load_round
 
     s = ctx["sizes"]
     cfg = settings.slow(default_config(), seed=SEED)
     cfg = replace(cfg, steps_per_round=s.steps, batch_size=s.prompts // s.steps, group_size=s.group_size,
                   max_completion_length=s.new_tokens, temperature=TEMPERATURE, warmup_steps=0,
+                  gradient_checkpointing=True, importance_correction="off",  # the trainer's own model sampled
                   lora=replace(cfg.lora, enabled=lora))  # fmt: skip
     scored = ctx["work"] / f"{ctx['shape']}-scored.parquet"
     stored_rows(ctx, completions).to_parquet(scored, index=False)
     rows = load_round(scored, 0, cfg)
-    model = ctx["model"]
     if cfg.beta and not lora:
         saved_model(ctx)  # TRL loads the reference model from the folder the policy names
     args = grpo_args(cfg, ctx["work"] / f"{ctx['shape']}-state", 0)
-    args.gradient_checkpointing = True
     args.save_strategy = "no"  # a check, not a run: no checkpoint to write
-    trainer_cls, _ = _trainer_class()
     timer = SyncedStepTimer(ctx["device"])
     with Meter(ctx["device"]) as m:
-        trainer = trainer_cls(model=model, reward_funcs=stored_reward, args=args,
-                              train_dataset=group_dataset(rows), processing_class=ctx["tokenizer"],
-                              peft_config=cfg.lora.to_peft() if lora else None,
-                              rollout_func=StoredRollouts(rows), callbacks=[timer])  # fmt: skip
-        trainer.fst_config = cfg
-        trainer.fst_importance_correction = False  # rollouts from transformers, the trainer's own model
-        trainer.remove_callback(PrinterCallback)  # as the stage does: no dict per step on stdout
-        _kl_reference_to_base(trainer.accelerator.unwrap_model(trainer.model), cfg)
+        trainer = build_trainer(ctx["model"], cfg.lora.to_peft() if lora else None, rows, args, cfg,
+                                ctx["tokenizer"], callbacks=[timer])  # fmt: skip
         trainer.train()
     trained = trainer.accelerator.unwrap_model(trainer.model)
     n_lora = sum(p.numel() for p in trained.parameters() if p.requires_grad) if lora else 0

@@ -653,6 +653,35 @@ def importance_correction_on(cfg: SlowConfig, rows: pd.DataFrame) -> bool:
     return cfg.importance_correction == "on"
 
 
+def build_trainer(
+    model, peft_config, rows: pd.DataFrame, args, cfg: SlowConfig, tokenizer, processes: int = 1, callbacks=()
+):
+    """The stage's trainer on one round's stored rows: TRL's GRPOTrainer with our step batching, the
+    stored rollouts and rewards served, the importance correction as configured, the KL reference the
+    base model (`slow.kl_reference: base`), one log line per step. `args` from `grpo_args`."""
+    from transformers import PrinterCallback
+
+    trainer_cls, step_log = _trainer_class()
+    with warnings.catch_warnings():
+        # rollout_func is marked experimental; trl is pinned to the version this was checked against.
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+        trainer = trainer_cls(
+            model=model,
+            reward_funcs=stored_reward,
+            args=args,
+            train_dataset=group_dataset(rows, cfg.steps_per_round, processes),
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            rollout_func=StoredRollouts(rows),
+            callbacks=[step_log(), *callbacks],
+        )
+    trainer.fst_config = cfg
+    trainer.fst_importance_correction = importance_correction_on(cfg, rows)
+    _kl_reference_to_base(trainer.accelerator.unwrap_model(trainer.model), cfg)
+    trainer.remove_callback(PrinterCallback)  # no dict per step on stdout: StepLog writes the log line
+    return trainer
+
+
 def run_slow_update(
     scored_path: Path,
     policy_in: Path,
@@ -668,7 +697,6 @@ def run_slow_update(
     previous round), so a rerun of the same round starts from the same state and gives the same result.
     """
     from accelerate import PartialState
-    from transformers import PrinterCallback
 
     rows = load_round(Path(scored_path), round_index, cfg)
     processes = process_count()
@@ -689,24 +717,7 @@ def run_slow_update(
     state.wait_for_everyone()
 
     model, peft_config = _load_model(Path(policy_in), Path(base_model_dir), cfg, slow_runtime(cfg))
-    trainer_cls, step_log = _trainer_class()
-    with warnings.catch_warnings():
-        # rollout_func is marked experimental; trl is pinned to the version this was checked against.
-        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
-        trainer = trainer_cls(
-            model=model,
-            reward_funcs=stored_reward,
-            args=args,
-            train_dataset=group_dataset(rows, cfg.steps_per_round, processes),
-            processing_class=load_tokenizer(Path(policy_in)),
-            peft_config=peft_config,
-            rollout_func=StoredRollouts(rows),
-            callbacks=[step_log()],
-        )
-    trainer.fst_config = cfg
-    trainer.fst_importance_correction = importance_correction_on(cfg, rows)
-    _kl_reference_to_base(trainer.accelerator.unwrap_model(trainer.model), cfg)
-    trainer.remove_callback(PrinterCallback)
+    trainer = build_trainer(model, peft_config, rows, args, cfg, load_tokenizer(Path(policy_in)), processes)
     log.info(
         "slow round %d: steps %d..%d on %d rollouts in %d process(es)",
         round_index,
