@@ -25,6 +25,23 @@ def check(problem: Problem, reply: str, correct: bool, parsed: bool, says: str) 
 # --- registry and ids ------------------------------------------------------------------------
 
 
+def test_each_family_describes_its_task_without_any_of_its_problems():
+    """The description is all a blind proposal (fast.proposer blind) is told of the task."""
+    from fst.tasks import describe_task
+
+    for name in TASK_NAMES:
+        problems = get_task(name).generate(random.Random(0), 20)
+        description = describe_task(problems)
+        assert description == get_task(name).description and "correct when" in description
+        assert not any(p.question.split("\n")[0] in description for p in problems)  # not even a first line
+    user = [Problem(f"u{i}", "user", "Q?", "4", {"scoring": s}) for i, s in enumerate(["numeric", "label"])]
+    description = describe_task(user)
+    assert description.startswith("Questions from the user's own data set")
+    assert "last number" in description and "first word" in description and "last value" not in description
+    with pytest.raises(ValueError, match="no problems"):
+        describe_task([])
+
+
 def test_registry_names_and_unknown_name():
     assert TASK_NAMES == ("arithmetic", "code_output", "claims")
     assert all(get_task(name).name == name for name in TASK_NAMES)

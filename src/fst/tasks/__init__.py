@@ -9,7 +9,8 @@ from .arithmetic import ArithmeticTask
 from .base import Problem, Score, Task
 from .claims import ClaimsTask
 from .code_output import CodeOutputTask
-from .user_data import load_user_problems, score_user
+from .user_data import DEFAULT_SCORING, load_user_problems, score_user
+from .user_data import description as user_description
 
 _TASKS: dict[str, Task] = {
     task.name: task for task in (ArithmeticTask(), CodeOutputTask(), ClaimsTask())
@@ -21,6 +22,7 @@ __all__ = [
     "Problem",
     "Score",
     "Task",
+    "describe_task",
     "get_task",
     "load_user_problems",
     "score_reply",
@@ -44,3 +46,21 @@ def score_reply(problem: Problem, reply: str) -> Score:
         f"problem {problem.id}: task {problem.task!r} is neither one of {', '.join(TASK_NAMES)} "
         'nor user data (which carries meta["scoring"])'
     )
+
+
+def describe_task(problems: list[Problem]) -> str:
+    """What the problems' task family asks and how a reply is scored, without any of the problems.
+
+    A built-in family's `description`; for user data, one built from the scoring rules the problems use.
+    """
+    families = sorted({p.task for p in problems})
+    if not families:
+        raise ValueError("no problems to describe the task of")
+    parts = []
+    for family in families:
+        if family in _TASKS:
+            parts.append(_TASKS[family].description)
+        else:
+            rules = {p.meta.get("scoring", DEFAULT_SCORING) for p in problems if p.task == family}
+            parts.append(user_description(rules))
+    return "\n".join(parts)

@@ -59,6 +59,10 @@ def _operands(rng: random.Random, op: str) -> tuple[int, int]:
 
 class ArithmeticTask:
     name = "arithmetic"
+    description = (
+        "Arithmetic word problems: a short story in which someone adds, subtracts or multiplies counts of "
+        "everyday items (one- and two-digit numbers). A reply is correct when its last number is the answer."
+    )
 
     def generate(
         self, rng: random.Random, n: int, exclude: Collection[str] = frozenset()

@@ -39,6 +39,9 @@ class Score:
 
 class Task(Protocol):
     name: str
+    # What the family asks and how a reply is scored, in a sentence or two, with no problem in it: all
+    # a proposal written without rollouts knows of the task (fast.proposer blind).
+    description: str
 
     def generate(
         self, rng: random.Random, n: int, exclude: Collection[str] = frozenset()

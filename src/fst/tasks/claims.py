@@ -144,6 +144,11 @@ def question_text(facts: list[str], claim: str) -> str:
 
 class ClaimsTask:
     name = "claims"
+    description = (
+        "Two-hop claim verification: a few facts about people and places (some of them distractors), then "
+        "a claim that chains two facts. A reply is correct when its first label word is SUPPORTED if the "
+        "facts give the claim, else REFUTED."
+    )
 
     def generate(
         self, rng: random.Random, n: int, exclude: Collection[str] = frozenset()

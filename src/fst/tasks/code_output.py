@@ -127,6 +127,10 @@ def question_text(source: str, call: str) -> str:
 
 class CodeOutputTask:
     name = "code_output"
+    description = (
+        "Predicting code output: a small Python function f is shown with one call (on an integer, a string "
+        "or a list). A reply is correct when the last value it gives equals what the call returns."
+    )
 
     def generate(
         self, rng: random.Random, n: int, exclude: Collection[str] = frozenset()

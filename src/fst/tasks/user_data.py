@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from .base import (
@@ -21,6 +21,12 @@ from .base import (
 SUFFIXES = (".jsonl", ".parquet")
 SCORINGS = ("numeric", "exact", "label")
 DEFAULT_SCORING = "exact"
+# How each scoring rule judges a reply, for the description of a user's data set (see `description`).
+SCORING_RULES = {
+    "numeric": "its last number equals the reference answer",
+    "exact": "the last value it gives equals the reference answer",
+    "label": "its first word is the reference label",
+}
 _WORD = re.compile(r"\w+(?:['-]\w+)*")
 
 
@@ -49,6 +55,13 @@ def load_user_problems(path: str | Path, name: str = "user") -> list[Problem]:
         first_seen[problem.id] = where
         problems.append(problem)
     return problems
+
+
+def description(scorings: Collection[str]) -> str:
+    """What a user's data set asks, as far as the fast stage may know it without its problems: that it
+    is the user's own questions, and how its scoring rules (`meta["scoring"]`) judge a reply."""
+    rules = " or ".join(SCORING_RULES[s] for s in SCORINGS if s in set(scorings))
+    return f"Questions from the user's own data set. A reply is correct when {rules}."
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
