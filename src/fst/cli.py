@@ -101,7 +101,7 @@ def cmd_fast(args) -> None:
         proposals_rejected_unparseable=stats.get("proposals_rejected_unparseable", 0),
     )
     if cfg["gepa_round"]:
-        kept = ("continued_from", "calls_before", "gepa_metric_calls", "max_metric_calls")
+        kept = ("continued_from", "calls_before", "gepa_metric_calls", "max_metric_calls", "proposer")
         prov.record["gepa"] = {key: stats[key] for key in kept} | {"run_dir": args.gepa_dir}
     prov.record["timings_s"]["process_start"] = args.process_start
     prov.write(args.provenance, {"population": args.out, "gepa_rollouts": args.gepa_rollouts})
@@ -133,7 +133,8 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
     reflection = GuardedReflection(lm)
     adapter = PolicyAdapter(generation.model, generation.tokenizer, SamplingSettings(**cfg["sampling"]), seed,
                             generation.engine)
-    settings = FastSettings(fast["budget"], fast["population_size"], fast["reflection_minibatch_size"], seed)
+    settings = FastSettings(fast["budget"], fast["population_size"], fast["reflection_minibatch_size"], seed,
+                            fast["proposer"])
     previous = Path(args.previous_gepa_dir) if args.previous_gepa_dir else None
     with prov.timed("gepa"):
         # A retried round resumes its GEPA state, and a round continues the previous round's search,

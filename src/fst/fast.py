@@ -20,7 +20,10 @@ acceptance, the per-instance Pareto front. What FST needs and GEPA does not prov
 - the audit of every metric call across kills: `metric_calls.jsonl` in the GEPA folder (see
   `CallLog`), and the whole candidate set with its Pareto front (`fst_candidates.json`);
 - the new population: the top-K of GEPA's Pareto front, with lineage mapped to member ids;
-- rejecting (and counting) reflection replies that hold no usable prompt.
+- rejecting (and counting) reflection replies that hold no usable prompt;
+- a feedback-blind control (`fast.proposer: blind`): the same loop, reflection LM, budget and accounting,
+  but each proposal is written from the current prompt and the task's description only (`BlindProposal`),
+  never from the rollouts GEPA just made or their feedback.
 
 This builds GEPA states with `GEPAState` and `update_state_with_new_program`, which are GEPA internals:
 gepa is pinned (0.1.4) and the tests cover the round trip.
@@ -44,8 +47,8 @@ import pandas as pd
 from fst import artifacts
 from fst.generation import SamplingSettings, chat_prompt_ids, sample
 from fst.population import Member
-from fst.reflection import extract_prompt
-from fst.tasks import Problem, score_reply
+from fst.reflection import blind_request, extract_prompt
+from fst.tasks import Problem, describe_task, score_reply
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,9 @@ class CallLog:
 class PolicyAdapter:
     """GEPA adapter: a candidate prompt is scored by rollouts of the current policy, one per problem."""
 
-    propose_new_texts = None  # GEPA's own reflective proposal (template + extractor) with our LM
+    # None: GEPA's own reflective proposal (template + extractor) with our LM. `run_fast_round` sets a
+    # `BlindProposal` here for fast.proposer blind.
+    propose_new_texts = None
 
     def __init__(self, model, tokenizer, settings: SamplingSettings, seed: int, engine=None):
         self.model, self.tokenizer, self.settings = model, tokenizer, settings
@@ -232,6 +237,36 @@ class GuardedReflection:
         return reply
 
 
+PROPOSERS = ("reflective", "blind")
+
+
+@dataclass
+class BlindProposal:
+    """GEPA's `adapter.propose_new_texts` for the feedback-blind control (fast.proposer blind).
+
+    GEPA calls it where it would render its reflection request from the reflective dataset (the parent's
+    minibatch rollouts and their feedback); this ignores that dataset and asks the same reflection LM,
+    through the same `GuardedReflection` (junk replies rejected and counted, usage counted by the LM),
+    with the current prompt and the task's description only. The new text is taken from the reply as
+    GEPA takes a reflective one (its fenced-block extractor).
+    """
+
+    reflection: GuardedReflection
+    task_description: str
+    requests: list[str] = field(default_factory=list)
+
+    def __call__(self, candidate, reflective_dataset, components_to_update) -> dict[str, str]:
+        from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+        texts = {}
+        for name in components_to_update:
+            request = blind_request(candidate[name], self.task_description)
+            self.requests.append(request)
+            reply = self.reflection(request)
+            texts[name] = InstructionProposalSignature.output_extractor(reply.strip())["new_instruction"]
+        return texts
+
+
 def _valset_evaluation(adapter: PolicyAdapter, problems: list[Problem], text: str):
     from gepa.core.state import ValsetEvaluation
 
@@ -344,6 +379,7 @@ class FastSettings:
     population_size: int  # K
     reflection_minibatch_size: int
     seed: int
+    proposer: str  # "reflective" (GEPA's proposal from rollouts and feedback) or "blind" (BlindProposal)
 
 
 def _digest(spec: dict) -> str:
@@ -352,11 +388,13 @@ def _digest(spec: dict) -> str:
 
 def chain_key(identity: str, settings: FastSettings, pareto) -> str:
     """What keeps a GEPA state's scores valid in a later round: the caller's identity (weights,
-    reflection, sampling), GEPA's minibatch size and the Pareto set the scores were earned on."""
+    reflection, sampling), GEPA's minibatch size and the Pareto set the scores were earned on; and the
+    proposer, so that a blind search never continues one whose candidates were written from feedback."""
     return _digest(
         {
             "identity": identity,
             "reflection_minibatch_size": settings.reflection_minibatch_size,
+            "proposer": settings.proposer,
             "pareto": [p.id for p in pareto],
         }
     )
@@ -366,7 +404,8 @@ def round_key(
     identity: str, settings: FastSettings, members, anchors, pareto, continues: str | None = None
 ) -> str:
     """What a resumable GEPA state must match: the caller's identity (weights, reflection, sampling),
-    the round's settings, the population it starts from, its problem sets and the state it continues."""
+    the round's settings (the proposer included), the population it starts from, its problem sets and
+    the state it continues."""
     return _digest(
         {
             "identity": identity,
@@ -470,6 +509,10 @@ def run_fast_round(
     import gepa
     from gepa.core.state import GEPAState
 
+    if settings.proposer not in PROPOSERS:
+        raise ValueError(f"fast.proposer must be one of {', '.join(PROPOSERS)}, not {settings.proposer!r}")
+    blind = BlindProposal(reflection, describe_task(anchors)) if settings.proposer == "blind" else None
+    adapter.propose_new_texts = blind  # None: GEPA's own reflective proposal
     chain = chain_key(identity, settings, pareto)
     previous = _continuable(previous_dir, chain, members)
     continues = previous["round_key"] if previous is not None else None
@@ -496,7 +539,9 @@ def run_fast_round(
         adapter=adapter,
         reflection_lm=reflection,
         # Every search choice explicit (gepa is pinned, but a default is not a decision):
-        reflection_prompt_template=None,  # GEPA's own reflective-mutation instruction
+        # GEPA's own reflective-mutation instruction; with a blind proposer GEPA leaves the proposal to
+        # adapter.propose_new_texts and renders no template
+        reflection_prompt_template=None,
         candidate_selection_strategy="pareto",  # parent drawn from the per-instance Pareto front
         frontier_type="instance",
         module_selector="round_robin",  # one component (the system prompt): always that one
@@ -554,6 +599,9 @@ def run_fast_round(
         "proposals_rejected_unparseable": reflection.rejected,
         "gepa_iterations": state.i + 1 - meta["iterations_before"],
         "policy_rollout_seconds": round(adapter.seconds, 3),
+        "proposer": settings.proposer,
+        # what a blind proposal knew of the task (None: reflective proposals read the rollouts instead)
+        "task_description": blind.task_description if blind is not None else None,
     }
     return population, stats
 

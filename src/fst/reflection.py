@@ -15,6 +15,9 @@ Both expose `total_cost` / `total_tokens_in` / `total_tokens_out`, so `gepa.opti
 they are instead of wrapping them in its `TrackingLM` (which estimates tokens from characters): the
 token counts GEPA and our provenance see are the exact ones in `usage`.
 
+`blind_request` is the request of the feedback-blind control (fast.proposer blind): the current prompt
+and the task's description, no rollout and no feedback.
+
 `extract_prompt` turns a reply into the new prompt with GEPA's own extractor and returns None for a
 reply that yields no usable prompt (the fast stage counts it as a rejected proposal).
 """
@@ -441,6 +444,35 @@ def describe(lm) -> dict:
             "usage": lm.usage.as_dict(),
         }
     return {"backend": "custom", "model": type(lm).__name__, "base_url": None, "settings": {}}
+
+
+# The request of a blind proposal (fast.proposer blind): GEPA's own instruction-proposal template
+# (gepa.strategies.instruction_proposal.InstructionProposalSignature.default_prompt_template) with the
+# rollouts and their feedback taken out and the task's description put in their place. The reply is
+# read as GEPA reads a reflective one: the text of its ``` block.
+BLIND_PROMPT_TEMPLATE = """I provided an assistant with the following instructions to perform a task for me:
+```
+<curr_param>
+```
+
+The task is described as follows:
+```
+<task_description>
+```
+
+Your task is to write a new instruction for the assistant.
+
+Read the task description carefully, identify the input format and infer a detailed description of the \
+task I wish to solve with the assistant. If a generalizable strategy would help the assistant solve the \
+task, include it in the instruction as well.
+
+Provide the new instructions within ``` blocks."""
+
+
+def blind_request(current: str, task_description: str) -> str:
+    """The reflection request of a blind proposal: the current prompt and the task's description only."""
+    request = BLIND_PROMPT_TEMPLATE.replace("<task_description>", task_description)
+    return request.replace("<curr_param>", current)  # last: the prompt's own text is left as it is
 
 
 def extract_prompt(reply: str | None) -> str | None:

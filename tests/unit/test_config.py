@@ -88,6 +88,20 @@ def test_each_stage_gets_the_schemas_value():
     assert settings.runtime(cfg) == {"device": "auto", "dtype": "auto", "backend": "auto"}
 
 
+def test_the_fast_proposer_is_a_config_key_that_validates_and_sweeps(shipped):
+    from fst.sweep import resolve_points
+
+    assert default_config()["fast"]["proposer"] == "reflective"
+    shipped["fast"]["proposer"] = "blind"
+    assert validate_config(shipped, SCHEMA, source=SOURCE)["fast"]["proposer"] == "blind"
+    shipped["fast"]["proposer"] = "random"
+    message = _error(shipped)
+    assert "fast.proposer" in message and "random" in message
+    points = resolve_points({"sweep": {"fast.proposer": ["reflective", "blind"]}}, SCHEMA)
+    assert {name: cfg["fast"]["proposer"] for name, cfg in points.items()} == {
+        "fast.proposer~reflective": "reflective", "fast.proposer~blind": "blind"}
+
+
 def test_top_p_is_refused_with_the_reason(shipped):
     shipped["rollout"]["top_p"] = 0.9
     message = _error(shipped)

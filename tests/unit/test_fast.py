@@ -154,7 +154,7 @@ def test_gepa_state_resumes_across_processes_and_is_rescored_under_new_weights(
     assert not {p.id for p in anchors} & {p.id for p in pareto}
     members_file = tmp_path / "population0.json"
     save_population(MEMBERS, members_file, 0)
-    fast = FastSettings(BUDGET, 2, MINIBATCH, seed=11)
+    fast = FastSettings(BUDGET, 2, MINIBATCH, seed=11, proposer="reflective")
     run_dir = tmp_path / "gepa_state" / "round0"
     run_dir.mkdir(parents=True)
     (run_dir / "gepa.stop").touch()  # left over from an earlier stop: must not end this round
@@ -304,7 +304,7 @@ def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(
         )
         reflection = GuardedReflection(lm)
         adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**SAMPLING), 21)
-        settings = FastSettings(BUDGET, 2, MINIBATCH, 21)
+        settings = FastSettings(BUDGET, 2, MINIBATCH, 21, "reflective")
         population, stats = run_fast_round(
             adapter, reflection, MEMBERS, anchors, pareto, tmp_path / "gepa", 0, settings
         )
@@ -344,7 +344,7 @@ def _run_script(script: str, argument) -> subprocess.CompletedProcess:
     )
 
 
-def _settings(reflection: dict, gepa_round: bool = True) -> str:
+def _settings(reflection: dict, gepa_round: bool = True, proposer: str = "reflective") -> str:
     """What workflow/rules/common.smk `fast_settings` produces (config keys of the schema only)."""
     return json.dumps(
         {
@@ -356,6 +356,7 @@ def _settings(reflection: dict, gepa_round: bool = True) -> str:
                 "anchors": ANCHORS,
                 "pareto_problems": PARETO,
                 "reflection_minibatch_size": MINIBATCH,
+                "proposer": proposer,
             },
             "reflection": reflection,
             "sampling": SAMPLING,
@@ -715,3 +716,92 @@ def test_policy_rollouts_charged_to_arm_gepa_equal_its_distinct_metric_calls(kil
     assert sorted(logged) == list(range(len(logged)))
     assert spent_before(per_round, 1).policy_rollouts == len(rows0)
     assert spent_before(per_round, 2).policy_rollouts == len(distinct) == len(logged)
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. The feedback-blind control (fast.proposer blind) against GEPA's own reflective proposal
+
+
+def _blind_control_reply(n: int) -> str:
+    """The first reply is junk (rejected and counted, GEPA asks again), every later one a proposal."""
+    return "ok." if n == 1 else _proposal(n)
+
+
+@pytest.mark.parametrize("proposer", ["blind", "reflective"])
+def test_a_blind_proposal_is_written_without_the_rollouts_or_their_feedback(
+    proposer, tiny_model_dir, data_file, tmp_path
+):
+    from fst.cli import main
+    from fst.reflection import blind_request
+    from fst.tasks import describe_task, get_task
+
+    exp = tmp_path / "results" / "default"
+    seed_file = exp / "default" / "population_seed.json"
+    save_population(seed_population(MEMBERS[0].text), seed_file, 0)
+    server = Endpoint(reply=_blind_control_reply)
+    try:
+        reflection = {**_openai_reflection(server.base_url), "api_key_env": None}
+        settings = _settings(reflection, proposer=proposer)
+        argv = _fast_argv(exp, 0, seed_file, tiny_model_dir, data_file, settings)
+        main(argv)
+    finally:
+        server.close()
+    requests = ["\n".join(m["content"] for m in r["body"]["messages"]) for r in server.requests]
+    rows, stats = _rows(argv), _stats(argv)
+    questions = {p.id: p.question for p in load_split(data_file, "train")}
+    anchors, _ = _sets(data_file, 0)
+    description = describe_task(anchors)
+    assert description == get_task("arithmetic").description
+    proposals = {r["system_text"] for r in rows} - {MEMBERS[0].text}
+    assert len(requests) >= 2 and proposals  # proposals were written, then scored by GEPA's loop
+    assert {t.split(":")[0] for t in proposals} <= {f"Proposal {n}" for n in range(2, len(requests) + 1)}
+
+    rollout_texts = {
+        "question": {questions[r["problem_id"]] for r in rows},
+        "feedback": {r["feedback"].strip() for r in rows},
+        # a reply of a few characters (e.g. a lone number) may occur anywhere by chance
+        "reply": {r["completion_text"].strip() for r in rows if len(r["completion_text"].strip()) >= 12},
+    }
+    assert rollout_texts["reply"] and rollout_texts["feedback"]
+    sent = "\n\n".join(requests)
+    leaked = {kind: [t for t in texts if t in sent] for kind, texts in rollout_texts.items()}
+    if proposer == "blind":
+        assert leaked == {"question": [], "feedback": [], "reply": []}
+        for request in requests:
+            assert description in request
+            assert not any(word in request for word in ("Feedback", "Generated Outputs", "Expected"))
+            # the whole request is the current prompt and the task description in the blind template
+            assert request in {blind_request(text, description) for text in {MEMBERS[0].text} | proposals}
+        assert stats["task_description"] == description
+    else:  # GEPA's own request: the parent's minibatch rollouts with their feedback
+        assert leaked["question"] and leaked["feedback"]
+        assert all("Feedback" in request and description not in request for request in requests)
+        assert stats["task_description"] is None
+    # the same reflection LM, guard and accounting in both
+    assert stats["proposer"] == proposer and stats["proposals_rejected_unparseable"] == 1
+    provenance = json.loads(_arg(argv, "--provenance").read_text())
+    assert provenance["gepa"]["proposer"] == provenance["config"]["fast"]["proposer"] == proposer
+    counts = provenance["counts"]
+    assert counts["reflection_calls"] == len(requests) and counts["proposals_rejected_unparseable"] == 1
+    assert counts["reflection_prompt_tokens"] == 11 * len(requests)  # the endpoint's usage, as reported
+    assert counts["metric_calls"] == len(rows) >= PARETO + 6
+
+
+def test_a_round_set_up_with_another_proposer_is_not_resumed(tiny, data_file, tmp_path, caplog):
+    """The proposer is part of the round's key: a blind round never resumes a reflective round's state."""
+    caplog.set_level(logging.INFO, logger="fst")
+    model, tokenizer = tiny
+    anchors, pareto = _sets(data_file, 0)
+    run_dir = tmp_path / "gepa"
+    reflective = FastSettings(2, 2, MINIBATCH, 5, "reflective")
+    for settings in (reflective, replace(reflective, proposer="blind")):
+        adapter = PolicyAdapter(model, tokenizer, SamplingSettings(**SAMPLING), 5)
+        _, stats = run_fast_round(
+            adapter, GuardedReflection(_proposal), MEMBERS[:1], anchors, pareto, run_dir, 0, settings
+        )
+        assert stats["proposer"] == settings.proposer
+        assert stats["rescoring_calls"] == PARETO  # each set-up starts afresh: the seed re-scored
+    assert "made for another set-up of this round" in caplog.text
+    with pytest.raises(ValueError, match="fast.proposer"):
+        run_fast_round(adapter, GuardedReflection(_proposal), MEMBERS[:1], anchors, pareto, run_dir, 0,
+                       replace(reflective, proposer="random"))
