@@ -253,16 +253,13 @@ class BlindProposal:
 
     reflection: GuardedReflection
     task_description: str
-    requests: list[str] = field(default_factory=list)
 
     def __call__(self, candidate, reflective_dataset, components_to_update) -> dict[str, str]:
         from gepa.strategies.instruction_proposal import InstructionProposalSignature
 
         texts = {}
         for name in components_to_update:
-            request = blind_request(candidate[name], self.task_description)
-            self.requests.append(request)
-            reply = self.reflection(request)
+            reply = self.reflection(blind_request(candidate[name], self.task_description))
             texts[name] = InstructionProposalSignature.output_extractor(reply.strip())["new_instruction"]
         return texts
 
