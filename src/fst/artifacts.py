@@ -151,7 +151,9 @@ class Provenance:
         try:
             yield
         finally:
-            self.record["timings_s"][name] = round(time.perf_counter() - t0, 3)
+            # a part timed twice (a stage that loads several models) adds up, never overwrites
+            timings = self.record["timings_s"]
+            timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - t0, 3)
 
     def write(self, path: Path, outputs: dict[str, Path] | None = None) -> None:
         self.record["ended"] = time.time()

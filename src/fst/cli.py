@@ -298,8 +298,10 @@ def _slow_processes(gpus: int) -> int:
                f"--num_processes {gpus} -m fst slow ...` (the workflow does)" if gpus > 1
                else "launch it without accelerate/torchrun, or set slow.gpus to the number of processes")
         raise SystemExit(f"fst slow: slow.gpus is {gpus} but this stage runs in {world} process(es): {how}")
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    if gpus == 1 and "," in visible:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if gpus == 1 and visible is None:  # unset: torch would see every GPU of the machine
+        os.environ["CUDA_VISIBLE_DEVICES"] = "0"
+    elif gpus == 1 and "," in visible:
         log.warning("slow stage: %s GPUs visible, training on the first only", visible.count(",") + 1)
         os.environ["CUDA_VISIBLE_DEVICES"] = visible.split(",")[0]
     return int(os.environ.get("RANK", "0"))
@@ -698,8 +700,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     process_start = _since_process_start()
+    first_process = os.environ.get("RANK", "0") == "0"  # the slow stage's other processes: warnings only
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO if first_process else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
     )
     args = _parser().parse_args(argv)
     args.process_start = process_start

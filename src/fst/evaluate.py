@@ -144,7 +144,7 @@ def token_kl_per_completion(
             logits_p = model(input_ids=ids, attention_mask=attention).logits.float() / temperature
             logits_q = base(input_ids=ids, attention_mask=attention).logits.float() / temperature
             logp, logq = logits_p.log_softmax(-1), logits_q.log_softmax(-1)
-        kl = (logp.exp() * (logp - logq)).sum(-1) * targets
+        kl = torch.where(targets, (logp.exp() * (logp - logq)).sum(-1), 0.0)  # a padding NaN stays out
         rows = [i for i, _, _ in batch]
         sums[rows] = kl.sum(-1).double().cpu().numpy()
         counts[rows] = targets.sum(-1).cpu().numpy()

@@ -356,6 +356,22 @@ def sampling_logp_gap(batch: dict, gather=_local_gather) -> dict[str, float]:
             "sampling/sampling_logp_difference/max": high}
 
 
+def reduce_gradients_in_float32(fsdp_plugin) -> None:
+    """FSDP in bf16 computes in bf16 but reduces the gradients over the processes in float32.
+
+    accelerate gives FSDP the policy (param, reduce) = (bf16, bf16) for mixed precision bf16, so
+    the gradients would be averaged in bf16, where one process keeps float32 gradients on its float32
+    master weights: "the same training as in one process" needs float32 reduction (verl's choice too).
+    """
+    import dataclasses
+
+    import torch
+
+    policy = fsdp_plugin.mixed_precision_policy
+    if policy is not None and policy.reduce_dtype != torch.float32:
+        fsdp_plugin.mixed_precision_policy = dataclasses.replace(policy, reduce_dtype=torch.float32)
+
+
 @functools.cache
 def _trainer_class():
     """The trainer subclass and step logger (built on first use: importing trl takes seconds)."""
@@ -364,6 +380,12 @@ def _trainer_class():
     from trl import GRPOTrainer
 
     class StoredRolloutTrainer(GRPOTrainer):
+        def create_accelerator_and_postprocess(self):
+            super().create_accelerator_and_postprocess()
+            plugin = getattr(self.accelerator.state, "fsdp_plugin", None)
+            if plugin is not None:
+                reduce_gradients_in_float32(plugin)
+
         def _prepare_inputs(self, generation_batch):
             if isinstance(generation_batch, dict):  # a step batch already (see training_step)
                 return generation_batch

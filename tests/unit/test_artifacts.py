@@ -172,6 +172,17 @@ def test_timed_records_even_when_the_block_raises():
     assert "step" in prov.record["timings_s"]
 
 
+def test_a_part_timed_twice_adds_up():
+    """A stage that loads two models times "model_load" twice: the record holds both, not the last."""
+    import time
+
+    prov = Provenance("x", {}, {})
+    for _ in range(2):
+        with prov.timed("model_load"):
+            time.sleep(0.05)
+    assert prov.record["timings_s"]["model_load"] >= 0.1
+
+
 # --- policy folders -----------------------------------------------------------------------------
 
 

@@ -82,6 +82,9 @@ def test_the_slow_stage_keeps_one_gpu_and_runs_in_slow_gpus_processes(monkeypatc
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert _slow_processes(1) == 0
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"  # one process: no DataParallel
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # unset (a machine outside SLURM): torch would see all
+    assert _slow_processes(1) == 0
+    assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "0"
     with pytest.raises(SystemExit, match="accelerate launch .* --num_processes 2"):
         _slow_processes(2)  # slow.gpus: 2 started without the launcher
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")

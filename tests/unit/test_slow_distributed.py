@@ -166,3 +166,21 @@ def test_rank_order_gives_each_process_its_share_of_every_step():
     assert rank_order(8, 2, 1) == list(range(8))
     with pytest.raises(ValueError, match="do not split"):
         rank_order(8, 2, 3)
+
+
+def test_fsdp_in_bf16_reduces_gradients_in_float32():
+    """accelerate's FSDP policy for bf16 averages gradients in bf16; the slow stage's trainer keeps
+    bf16 compute but reduces in float32, as one process's float32 gradients are (GPU only: on CPU the
+    launched FSDP config runs as DDP, so this checks the policy the trainer hands FSDP)."""
+    import torch
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from fst.slow import reduce_gradients_in_float32
+
+    plugin = FullyShardedDataParallelPlugin(fsdp_version=2)
+    plugin.set_mixed_precision("bf16")  # what AcceleratorState does for the trainer's bf16=True
+    assert plugin.mixed_precision_policy.reduce_dtype == torch.bfloat16
+    reduce_gradients_in_float32(plugin)
+    policy = plugin.mixed_precision_policy
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert "create_accelerator_and_postprocess" in vars(_trainer_class()[0])  # the trainer applies it
