@@ -197,7 +197,7 @@ def test_drifted_weights_give_the_same_numbers_kl_and_intervals_included_at_two_
 
 
 def test_evaluation_samples_with_vllm_and_scores_kl_after_the_engine_closed(
-    files, tiny_model_dir, drifted_dir, vllm_backend, tmp_path
+    files, tiny_model_dir, drifted_dir, vllm_backend, tmp_path, monkeypatch
 ):
     from vllm_stand_in import per_request_sample
 
@@ -206,6 +206,13 @@ def test_evaluation_samples_with_vllm_and_scores_kl_after_the_engine_closed(
     from fst.policy import load_policy
 
     LLM, settings = vllm_backend
+    load = cli._load_model
+
+    def load_after_the_engine_closed(*args):  # the KL's transformers models: no engine beside them
+        assert LLM.instances and all(engine.shut_down for engine in LLM.instances)
+        return load(*args)
+
+    monkeypatch.setattr(cli, "_load_model", load_after_the_engine_closed)
     cli.main(["evaluate", "--policy", str(drifted_dir), "--population", str(files["evolved"]),
               "--seed-population", str(files["seed_population"]), "--base-model", str(tiny_model_dir),
               "--data", str(files["data"]), "--after-rounds", "1", "--seed", str(RUN_SEED),
