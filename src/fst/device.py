@@ -56,9 +56,23 @@ def unavailable(device: str, backend: str, where: str = "config") -> list[str]:
     return problems
 
 
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def missing_here(cfg: dict, source: str) -> list[str]:
-    """What a validated config's model stages would lack on this machine (see `unavailable`)."""
-    return unavailable(cfg["model"]["device"], cfg["rollout"]["backend"], where=source)
+    """What a validated config's model stages would lack on this machine (see `unavailable`), and the
+    slow stage's GPUs (slow.gpus > 1: one process per GPU)."""
+    problems = unavailable(cfg["model"]["device"], cfg["rollout"]["backend"], where=source)
+    gpus = cfg["slow"]["gpus"]
+    if gpus > 1 and gpu_count() < gpus:
+        problems.append(
+            f"{source}: slow.gpus is {gpus} but this machine has {gpu_count()} GPU(s) for the slow stage; "
+            f"set slow.gpus to at most that (1 without a GPU) or run on a cluster (--profile slurm)"
+        )
+    return problems
 
 
 def resolve(device: str, dtype: str, backend: str, where: str = "settings") -> Runtime:

@@ -68,6 +68,12 @@ def test_a_run_that_asks_for_a_gpu_here_stops_before_any_job(tmp_path):
     on_cluster = _snakemake(tmp_path, config, "-n", "--profile", "slurm")
     assert on_cluster.returncode == 0, on_cluster.stderr
     assert "rollout.backend is 'vllm'" not in on_cluster.stdout + on_cluster.stderr
+    slow_gpus = tmp_path / "gpus.yaml"  # valid (device auto), but this machine has no GPU to train on
+    slow_gpus.write_text("slow: {gpus: 2}\n")
+    done = _snakemake(tmp_path, slow_gpus, "--cores", "1")
+    assert done.returncode != 0
+    assert "slow.gpus is 2 but this machine has 0 GPU(s)" in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_the_defaults_ask_for_auto():

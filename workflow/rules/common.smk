@@ -4,8 +4,9 @@ import os
 import re
 from dataclasses import asdict
 
-from fst import settings
+from snakemake.settings.types import DeploymentMethod
 
+from fst import settings
 from fst.config import ConfigError, problems_per_round
 from fst.device import missing_here
 from fst.report import FIGURES as REPORT_FIGURES
@@ -28,11 +29,13 @@ POINTS = list(POINT_CONFIG)
 
 
 def check_devices_here():
-    """Called on start (before any job): when jobs run on this machine, a GPU or vLLM it lacks stops the
-    run now. Not while the Snakefile is parsed: the executor is not known then (a cluster run from a
-    login node without a GPU would be refused). On a cluster each model stage checks its own node when
-    it starts (fst.device.resolve)."""
-    if not workflow.local_exec:
+    """Called on start (before any job): when jobs run on this machine, in this environment, a GPU, the
+    GPUs of slow.gpus or vLLM it lacks stops the run now. Not while the Snakefile is parsed: the
+    executor is not known then (a cluster run from a login node without a GPU would be refused). Not
+    with conda deployment: the stages run in envs/*.yaml, not in Snakemake's environment. Elsewhere
+    each model stage checks its own node when it starts (fst.device.resolve, fst slow)."""
+    in_conda_envs = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    if not workflow.local_exec or in_conda_envs:
         return
     missing = sorted({p for cfg in POINT_CONFIG.values() for p in missing_here(cfg, _config_source())})
     if missing:
