@@ -60,7 +60,7 @@ TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"
 # accelerate configs of the slow stage on several GPUs (config/accelerate/ beside the Snakefile)
 ACCELERATE_DIR = os.path.join(workflow.basedir, "config", "accelerate")
 ENV = "../../envs/cpu.yaml"
-GPU_ENV = "../../envs/gpu.yaml"  # the rules that ask for a GPU in profiles/default/
+GPU_ENV = "../../envs/gpu.yaml"  # the model stages: a GPU each in profiles/default/, slow.gpus for slow
 # The checkout, for envs/*.post-deploy.sh: Snakemake runs them from this process when it creates
 # the environments, and they install the project from here.
 os.environ.update(FST_REPO=workflow.basedir)
