@@ -505,6 +505,8 @@ def run_fast_round(
     """
     import gepa
     from gepa.core.state import GEPAState
+    from gepa.strategies.proposal_sampling import SingleMutationSampling
+    from gepa.strategies.proposal_selection import AllImprovements
 
     if settings.proposer not in PROPOSERS:
         raise ValueError(f"fast.proposer must be one of {', '.join(PROPOSERS)}, not {settings.proposer!r}")
@@ -545,6 +547,8 @@ def run_fast_round(
         batch_sampler="epoch_shuffled",  # reflection minibatches drawn from the anchors, epoch by epoch
         reflection_minibatch_size=settings.reflection_minibatch_size,
         acceptance_criterion="strict_improvement",  # a proposal must beat its parent on the minibatch
+        sampling_strategy=SingleMutationSampling(),  # one parent, one mutation per iteration
+        selection_strategy=AllImprovements(),  # every accepted proposal enters the candidate pool
         skip_perfect_score=True,  # a minibatch its parent already solves (reward 1) teaches nothing
         perfect_score=1.0,  # the tasks' reward is in [0, 1]
         use_merge=False,  # the method evolves by reflection only

@@ -326,6 +326,8 @@ def test_junk_reflection_replies_are_rejected_and_gepa_spends_its_budget(
     assert [(m.id, m.text, m.parent_id) for m in population] == [(m.id, m.text, m.parent_id) for m in MEMBERS]
     # the search's choices reach GEPA explicitly, none left to a library default
     assert {key: asked[key] for key in GEPA_CHOICES} == GEPA_CHOICES
+    assert type(asked["sampling_strategy"]).__name__ == "SingleMutationSampling"
+    assert type(asked["selection_strategy"]).__name__ == "AllImprovements"
     assert asked["reflection_minibatch_size"] == MINIBATCH and asked["seed"] == 21
 
 
