@@ -239,12 +239,13 @@ def stored_reward(completions, stored_reward, **kwargs) -> list[float]:
     return list(stored_reward)
 
 
-def _local_sum(counts):
-    return counts
+def _this_process_only(values):
+    """The default `global_sum` / `gather`: one process, nothing to combine."""
+    return values
 
 
 def split_into_steps(
-    batch: dict, live: list[bool], cfg: SlowConfig, global_sum=_local_sum
+    batch: dict, live: list[bool], cfg: SlowConfig, global_sum=_this_process_only
 ) -> tuple[list[dict], list[dict]]:
     """The round's generation batch as T step batches, with dead groups masked out of the loss.
 
@@ -298,10 +299,6 @@ def split_into_steps(
     return steps, stats
 
 
-def _local_gather(values):
-    return values
-
-
 def _pooled(values, mask, gather) -> tuple[float, float, float, float]:
     """(count, sum, min, max) of values[mask] over every process (`gather` stacks each process's row)."""
     import torch
@@ -317,7 +314,7 @@ def _pooled(values, mask, gather) -> tuple[float, float, float, float]:
 
 
 def with_importance_weights(
-    batch: dict, old_logps, cap: float, gather=_local_gather
+    batch: dict, old_logps, cap: float, gather=_this_process_only
 ) -> tuple[dict, dict[str, float]]:
     """Fold the truncated rollout importance weight w = min(exp(old − sampling), cap) into the advantages.
 
@@ -340,7 +337,7 @@ def with_importance_weights(
                  "sampling/importance_weight/capped_fraction": capped / count}
 
 
-def sampling_logp_gap(batch: dict, gather=_local_gather) -> dict[str, float]:
+def sampling_logp_gap(batch: dict, gather=_this_process_only) -> dict[str, float]:
     """|stored sampling log-prob − the trainer's old log-prob| over completion tokens (of every process).
 
     Near 0 when the rollouts were sampled from the policy the trainer starts from, with the
