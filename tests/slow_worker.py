@@ -18,8 +18,23 @@ from accelerate import PartialState
 from fst import artifacts, slow
 
 
+def _cpu_map_location() -> None:
+    """A resumed round in several CPU processes: the Trainer loads the optimizer state with
+    map_location=args.device, which is torch.device("cpu", 0) there, a location torch.load cannot
+    restore to (on GPUs it is cuda:<rank>, which it can). Map it to plain "cpu"."""
+    load = torch.load
+
+    def cpu_load(*args, map_location=None, **kwargs):
+        if isinstance(map_location, torch.device) and map_location.type == "cpu":
+            map_location = "cpu"
+        return load(*args, map_location=map_location, **kwargs)
+
+    torch.load = cpu_load
+
+
 def main(spec: str) -> None:
     torch.set_num_threads(1)  # tiny matrices: threads only cost time on a shared machine
+    _cpu_map_location()
     served: list[list[str]] = []
     serve = slow.StoredRollouts.__call__
 

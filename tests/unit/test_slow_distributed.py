@@ -39,6 +39,8 @@ CASES = {
              {0: [1.0, 0.0, 1.0, 0.0], 2: [0.0] * 4, 3: [0.0] * 4}, False),
 }
 
+ROUNDS = [*CASES, "lora-r1"]  # lora-r1: round 1 of the LoRA case, resumed from round 0's trainer state
+
 
 def _weights(policy: Path) -> dict[str, torch.Tensor]:
     lora = policy / "adapter_model.safetensors"
@@ -74,6 +76,10 @@ def rounds(tiny_model_dir, tmp_path_factory, one_torch_thread):
         jobs.append({"scored": str(scored[name]), "policy_in": model, "base": model,
                      "out": str(tmp / f"{name}-2"), "state": str(tmp / f"{name}-state-2"), "round": 0,
                      "cfg": asdict(replace(cfg, gpus=2)), "metrics": str(tmp / f"{name}-2.json")})
+    # round 1 of the LoRA case resumes round 0's trainer state (optimizer, scheduler, each process's RNG)
+    resumed = _write(_perturbed(rows).assign(reward=rows["reward"]), tmp / "lora-r1.parquet", round_index=1)
+    jobs.append(jobs[0] | {"scored": str(resumed), "policy_in": jobs[0]["out"], "out": str(tmp / "lora-r1-2"),
+                           "round": 1, "metrics": str(tmp / "lora-r1-2.json")})
     (tmp / "spec.json").write_text(json.dumps(jobs))
     launched = _launch(tmp / "spec.json")
     try:
@@ -91,6 +97,9 @@ def rounds(tiny_model_dir, tmp_path_factory, one_torch_thread):
                 metrics = run_slow_update(scored[name], tiny_model_dir, tiny_model_dir, tmp / f"{name}-1",
                                           tmp / f"{name}-state-1", 0, cfg)
             single[name] = {"metrics": metrics, "trainer": trainers[-1]}
+        again = run_slow_update(resumed, tmp / "lora-1", tiny_model_dir, tmp / "lora-r1-1",
+                                tmp / "lora-state-1", 1, CASES["lora"][0])
+        single["lora-r1"] = {"metrics": again}
         # A process that skipped a step the other trained would wait in its all-reduce forever.
         log, _ = launched.communicate(timeout=300)
     finally:
@@ -98,7 +107,7 @@ def rounds(tiny_model_dir, tmp_path_factory, one_torch_thread):
             os.killpg(launched.pid, signal.SIGKILL)
     assert launched.returncode == 0, log[-5000:]
     return {"tmp": tmp, "single": single, "log": log,
-            "double": {name: json.loads((tmp / f"{name}-2.json").read_text()) for name in CASES},
+            "double": {name: json.loads((tmp / f"{name}-2.json").read_text()) for name in ROUNDS},
             "ranks": [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(2)]}
 
 
@@ -113,18 +122,23 @@ def test_each_process_served_its_whole_groups_of_every_step(rounds):
         assert second["served"][case] == ["group 1", "group 3"]
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", ROUNDS)
 def test_two_processes_train_the_same_weights_as_one(rounds, name, tiny_model_dir):
     one, two = _weights(rounds["tmp"] / f"{name}-1"), _weights(rounds["tmp"] / f"{name}-2")
     assert one.keys() == two.keys()
-    start = _weights(tiny_model_dir) if name == "full" else {k: torch.zeros_like(v) for k, v in one.items()}
+    if name == "full":
+        start = _weights(tiny_model_dir)
+    elif name == "lora-r1":  # round 1 starts from round 0's adapter
+        start = _weights(rounds["tmp"] / "lora-1")
+    else:
+        start = {k: torch.zeros_like(v) for k, v in one.items()}
     moved = max((one[k] - start[k]).abs().max().item() for k in one if k in start)
     assert moved > 1e-4  # the round did train
     for key in one:
         assert torch.allclose(one[key], two[key], rtol=1e-5, atol=1e-7), key
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", ROUNDS)
 def test_two_processes_have_the_same_losses_and_counts_as_one(rounds, name):
     one, two = rounds["single"][name]["metrics"], rounds["double"][name]
     assert len(one["steps"]) == len(two["steps"]) == CFG.steps_per_round
