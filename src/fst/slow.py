@@ -590,6 +590,7 @@ def grpo_args(cfg: SlowConfig, state_dir: Path, round_index: int, processes: int
         weight_decay=0.0,
         adam_beta1=0.9,
         adam_beta2=0.999,
+        adam_epsilon=1e-8,  # verl's and torch's AdamW eps, explicit
         max_grad_norm=cfg.max_grad_norm,
         save_strategy="steps",
         save_steps=T,

@@ -215,7 +215,7 @@ def test_method_choices_reach_the_trainer(round0):
     assert trainer.off_policy_mask_threshold is None and trainer.args.use_bias_correction_kl is False
     assert trainer.args.sync_ref_model is False
     assert trainer.args.lr_scheduler_type == "constant_with_warmup" and trainer.args.weight_decay == 0.0
-    assert (trainer.args.adam_beta1, trainer.args.adam_beta2) == (0.9, 0.999)
+    assert (trainer.args.adam_beta1, trainer.args.adam_beta2, trainer.args.adam_epsilon) == (0.9, 0.999, 1e-8)
     assert type(trainer.optimizer.optimizer).__name__ == "AdamW"
     # The KL reference of a LoRA policy is the base: adapters disabled, no `ref` copy of the adapter.
     assert "ref" not in trainer.accelerator.unwrap_model(trainer.model).peft_config
