@@ -292,12 +292,11 @@ def _slow_processes(gpus: int) -> int:
     slow.gpus = N > 1: `accelerate launch --num_processes N` (the workflow's command) started N
     processes, one per GPU (WORLD_SIZE, RANK and LOCAL_RANK are set by its launcher).
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != gpus:
-        how = (f"launch it as `accelerate launch --config_file config/accelerate/<fsdp|ddp>.yaml "
-               f"--num_processes {gpus} -m fst slow ...` (the workflow does)" if gpus > 1
-               else "launch it without accelerate/torchrun, or set slow.gpus to the number of processes")
-        raise SystemExit(f"fst slow: slow.gpus is {gpus} but this stage runs in {world} process(es): {how}")
+    from fst.slow import process_count, process_mismatch  # no torch yet: CUDA must not start here
+
+    mismatch = process_mismatch(gpus, process_count())
+    if mismatch:
+        raise SystemExit(f"fst slow: {mismatch}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if gpus == 1 and visible is None:  # unset: torch would see every GPU of the machine
         os.environ["CUDA_VISIBLE_DEVICES"] = "0"

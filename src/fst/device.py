@@ -67,9 +67,10 @@ def missing_here(cfg: dict, source: str) -> list[str]:
     slow stage's GPUs (slow.gpus > 1: one process per GPU)."""
     problems = unavailable(cfg["model"]["device"], cfg["rollout"]["backend"], where=source)
     gpus = cfg["slow"]["gpus"]
-    if gpus > 1 and gpu_count() < gpus:
+    here = gpu_count() if gpus > 1 else gpus
+    if here < gpus:
         problems.append(
-            f"{source}: slow.gpus is {gpus} but this machine has {gpu_count()} GPU(s) for the slow stage; "
+            f"{source}: slow.gpus is {gpus} but this machine has {here} GPU(s) for the slow stage; "
             f"set slow.gpus to at most that (1 without a GPU) or run on a cluster (--profile slurm)"
         )
     return problems

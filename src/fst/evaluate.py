@@ -57,16 +57,22 @@ def bootstrap_interval(values, bootstrap: Bootstrap) -> tuple[float, float]:
 
     NaN with fewer than two values; the value itself when all values are equal (nothing to resample).
     """
-    from scipy.stats import bootstrap as scipy_bootstrap
-
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float("nan"), float("nan")
     if np.ptp(values) == 0:
         return float(values[0]), float(values[0])
+    return _percentile_interval((values,), np.mean, bootstrap)
+
+
+def _percentile_interval(data: tuple, statistic, bootstrap: Bootstrap, paired: bool = False):
+    """scipy's 95% percentile bootstrap of `statistic` over `data`, with the fixed resamples and seed."""
+    from scipy.stats import bootstrap as scipy_bootstrap
+
     result = scipy_bootstrap(
-        (values,),
-        np.mean,
+        data,
+        statistic,
+        paired=paired,
         n_resamples=bootstrap.resamples,
         confidence_level=0.95,
         method="percentile",
@@ -160,8 +166,6 @@ def token_kl(model, base, samples: pd.DataFrame, temperature: float, batch_size:
 def ratio_interval(numerators, denominators, bootstrap: Bootstrap) -> tuple[float, float]:
     """95% percentile bootstrap interval of sum(numerators) / sum(denominators), resampling the pairs
     (one per problem): the interval of a token-level mean whose problems have different token counts."""
-    from scipy.stats import bootstrap as scipy_bootstrap
-
     numerators, denominators = np.asarray(numerators, float), np.asarray(denominators, float)
     if len(numerators) < 2:
         return float("nan"), float("nan")
@@ -169,16 +173,12 @@ def ratio_interval(numerators, denominators, bootstrap: Bootstrap) -> tuple[floa
     if len(ratios) == 0 or np.ptp(ratios) == 0:  # nothing to resample
         value = numerators.sum() / max(denominators.sum(), 1)
         return float(value), float(value)
-    result = scipy_bootstrap(
+    return _percentile_interval(
         (numerators, denominators),
         lambda n, d, axis=-1: n.sum(axis=axis) / np.maximum(d.sum(axis=axis), 1),
+        bootstrap,
         paired=True,
-        n_resamples=bootstrap.resamples,
-        confidence_level=0.95,
-        method="percentile",
-        rng=np.random.default_rng(bootstrap.seed),
     )
-    return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def kl_row(task, setting, metric, model, base, samples, temperature, bootstrap: Bootstrap) -> tuple:

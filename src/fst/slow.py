@@ -533,13 +533,21 @@ def process_count() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def process_mismatch(gpus: int, processes: int) -> str | None:
+    """Why `processes` processes cannot run a stage set up for slow.gpus = `gpus` (None: they can)."""
+    if processes == gpus:
+        return None
+    how = (f"launch it as `accelerate launch --config_file config/accelerate/<fsdp|ddp>.yaml "
+           f"--num_processes {gpus} -m fst slow ...` (the workflow does)" if gpus > 1
+           else "launch it without accelerate/torchrun, or set slow.gpus to the number of processes")
+    return f"slow.gpus is {gpus} but this stage runs in {processes} process(es): {how}"
+
+
 def check_processes(cfg: SlowConfig, processes: int) -> None:
     """The stage must run in slow.gpus processes, each with whole groups of every step."""
-    if processes != cfg.gpus:
-        how = ("launch it with `accelerate launch --num_processes "
-               f"{cfg.gpus} -m fst slow ...` (the workflow does)" if cfg.gpus > 1
-               else "run `fst slow ...` without accelerate/torchrun")
-        raise ValueError(f"slow.gpus is {cfg.gpus} but the stage runs in {processes} processes: {how}")
+    mismatch = process_mismatch(cfg.gpus, processes)
+    if mismatch:
+        raise ValueError(mismatch)
     if cfg.batch_size % (processes * cfg.group_size):
         raise ValueError(
             f"slow.batch_size ({cfg.batch_size}) must be a multiple of slow.gpus × rollout.group_size "
