@@ -534,7 +534,7 @@ def cmd_track(args) -> None:
     """
     import pandas as pd
 
-    from fst.summary import counts_by_run, spent_before
+    from fst.report.summary import counts_by_run, spent_before
     from fst.tracking import flatten, mirror_round, resolve_tracking_uri
 
     _quick_tracking_failure()
@@ -602,7 +602,7 @@ def cmd_sync_tracking(args) -> None:
 
 def cmd_summarize(args) -> None:
     """Summary stage: all runs' evaluations in one table, with RL steps and policy rollouts spent."""
-    from fst.summary import collect, problem_scores
+    from fst.report.summary import collect, problem_scores
 
     artifacts.write_parquet(collect(args.evals, args.round_provenance, args.tests), args.out)
     artifacts.write_parquet(problem_scores(args.samples), args.scores)
@@ -610,10 +610,11 @@ def cmd_summarize(args) -> None:
 
 def cmd_report(args) -> None:
     """Report stage: sample efficiency, ceiling, drift, OOD, decomposition: tables, figures, Markdown."""
-    from fst import report
     from fst.evaluate import Bootstrap
+    from fst.report import build as report
+    from fst.report.figures import TITLES
 
-    figure_files = dict(zip(report.FIGURES, map(Path, args.figures), strict=True))
+    figure_files = dict(zip(TITLES, map(Path, args.figures), strict=True))
     posthoc = report.read_posthoc(args.posthoc_evals, args.posthoc_provenance)
     report.build(args.experiment, Path(args.summary), args.decomposition, posthoc, Path(args.tables),
                  figure_files, Path(args.markdown), args.min_fit_points, Path(args.scores),

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fst import analysis
+from fst.report import analysis
 
 STEPS_PER_ROUND, ROLLOUTS_PER_ROUND = 10, 100
 

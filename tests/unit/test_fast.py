@@ -699,7 +699,7 @@ def test_changed_weights_start_a_fresh_search_and_its_rescoring_is_counted(
 
 
 def test_policy_rollouts_charged_to_arm_gepa_equal_its_distinct_metric_calls(killed_round0, request):
-    from fst.summary import counts_by_run, spent_before
+    from fst.report.summary import counts_by_run, spent_before
 
     r0 = killed_round0["argv"]
     rows0 = _rows(r0)

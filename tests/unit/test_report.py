@@ -7,8 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fst import artifacts, report
+from fst import artifacts
 from fst.evaluate import Bootstrap
+from fst.report import build as report
+from fst.report.figures import TITLES
+from fst.report.markdown import KL_DEFINITION
 
 
 def _summary() -> pd.DataFrame:
@@ -44,12 +47,12 @@ def test_report_marks_noise_shows_the_test_split_and_defines_kl_once(tmp_path):
     summary_path, scores_path = tmp_path / "summary.parquet", tmp_path / "scores.parquet"
     artifacts.write_parquet(_summary(), summary_path)
     artifacts.write_parquet(_scores(), scores_path)
-    figures = {name: tmp_path / f"figures/{name}.png" for name in report.FIGURES}
+    figures = {name: tmp_path / f"figures/{name}.png" for name in TITLES}
     tables = report.build("exp", summary_path, [], pd.DataFrame(), tmp_path / "tables", figures,
                           tmp_path / "report.md", 5, scores_path, [], Bootstrap(300, 0))
     text = (tmp_path / "report.md").read_text()
     assert "## Noise" in text and "## Held-out test split" in text
-    assert report.KL_DEFINITION in text and "SEED prompt" in text
+    assert KL_DEFINITION in text and "SEED prompt" in text
     differences = tables["differences"]
     assert set(differences["comparison"]) >= {"fst − rl", "gepa − rl", "rl: final − start"}
     assert differences.loc[differences["after_rounds"] == 0, "inside_noise"].all()  # identical at step 0

@@ -3,7 +3,7 @@
 import pandas as pd
 
 from fst.artifacts import write_json
-from fst.summary import collect
+from fst.report.summary import collect
 
 
 def test_collect_reads_sweep_points_and_counts_compute_from_provenance(tmp_path):
@@ -40,7 +40,7 @@ def test_collect_reads_sweep_points_and_counts_compute_from_provenance(tmp_path)
 
 
 def test_collect_adds_the_test_split_and_problem_scores_come_from_the_samples(tmp_path):
-    from fst.summary import problem_scores
+    from fst.report.summary import problem_scores
 
     run = tmp_path / "results/exp/default/rl/seed0"
     (run / "eval/after1").mkdir(parents=True)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from tiny_experiment import tiny_config
 
-from fst.report import FIGURES as REPORT_FIGURES
+from fst.report.figures import TITLES as REPORT_FIGURES
 
 REPO = Path(__file__).resolve().parents[2]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
@@ -205,7 +205,8 @@ def test_fst_and_gepa_arms_run_gepa_rounds_with_lineage_and_accounting(tmp_path,
 
 def _assert_reward_figure_matches_raw_files(experiment: Path, runs: Path) -> None:
     """The reward-vs-policy-rollouts figure, redrawn from the summary, against a count from raw files."""
-    from fst import analysis, figures, report
+    from fst.report import analysis, figures
+    from fst.report import build as report
 
     summary, _ = analysis.with_validation_metric(pd.read_parquet(experiment / "summary.parquet"))
     tables = report.analyse(summary, pd.DataFrame(), min_fit_points=5)

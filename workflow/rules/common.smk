@@ -9,7 +9,7 @@ from snakemake.settings.types import DeploymentMethod
 from fst import settings
 from fst.config import ConfigError, problems_per_round
 from fst.device import missing_here
-from fst.report import FIGURES as REPORT_FIGURES
+from fst.report.figures import TITLES as REPORT_FIGURES
 from fst.sweep import resolve_points, swept_values
 
 

@@ -1,4 +1,4 @@
-"""The paper's questions answered from an experiment's summary table (fst.summary.collect).
+"""The paper's questions answered from an experiment's summary table (fst.report.summary.collect).
 
 Sample efficiency, ceiling, drift at matched reward, out-of-domain accuracy, the held-out test split
 and which differences are inside the noise, per sweep point, per seed and on the mean over seeds.

@@ -12,13 +12,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fst.analysis import reward_and_kl
 from fst.artifacts import atomic_path
+from fst.report.analysis import reward_and_kl
 
 ARM_COLOURS = {"fst": "tab:blue", "rl": "tab:orange", "gepa": "tab:green", "rl→gepa": "tab:red"}
 AXIS_LABELS = {
     "rl_steps": "RL steps",
     "policy_rollouts": "policy rollouts (RL + GEPA metric calls)",
+}
+
+
+# The report's figures: file name (figures/<name>.png) -> title.
+TITLES = {
+    "reward_vs_rl_steps": "Validation reward against RL steps",
+    "reward_vs_policy_rollouts": "Validation reward against all policy rollouts",
+    "kl_vs_reward": "Drift: KL to the base model (seed prompt's context; own prompt's) against reward",
+    "ood_accuracy": "Out-of-domain accuracy without the evolved prompt",
+    "decomposition": "Channel decomposition of arm fst's final round",
+    "points": "Final validation reward per sweep point",
 }
 
 
