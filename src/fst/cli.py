@@ -356,7 +356,8 @@ def _bootstrap(cfg: dict):
 
 
 def cmd_evaluate(args) -> None:
-    """Evaluation stage: validation mean@k, KL to the base model, out-of-domain accuracy."""
+    """Evaluation stage: validation mean@k (of every task of a continual schedule), KL to the base
+    model, out-of-domain accuracy."""
     import pandas as pd
 
     from fst.data import load_split
@@ -368,6 +369,7 @@ def cmd_evaluate(args) -> None:
     cfg = _json(args.settings)
     inputs = {"policy": args.policy, "population": args.population,
               "seed_population": args.seed_population, "data": args.data}
+    inputs |= {f"task_data_{i}": path for i, path in enumerate(args.tasks)}
     prov = Provenance("evaluate", inputs, cfg, seed=args.seed)
     runtime = _runtime(cfg, prov)
     ood = {}
@@ -376,6 +378,7 @@ def cmd_evaluate(args) -> None:
         problems = frame_to_problems(frame[frame["split"] == "val"])[: cfg["ood_problems"]]
         if problems:
             ood[problems[0].task] = problems
+    others = {problems[0].task: problems for problems in map(partial(load_split, split="val"), args.tasks)}
     with _opened(args.policy, runtime, cfg, prov) as generation:
 
         def kl_models():
@@ -401,6 +404,7 @@ def cmd_evaluate(args) -> None:
                 _sampling_settings(cfg),
                 seed=evaluation_seed(args.seed),
                 bootstrap=_bootstrap(cfg),
+                other_tasks=others,
             )
     table.insert(0, "after_rounds", args.after_rounds)
     artifacts.write_parquet(table, args.out)
@@ -648,8 +652,8 @@ _STAGES = {
     ),
     "evaluate": (
         cmd_evaluate,
-        "policy population seed_population base_model data ood* after_rounds:int seed:int settings out "
-        "samples provenance",
+        "policy population seed_population base_model data tasks* ood* after_rounds:int seed:int settings "
+        "out samples provenance",
     ),
     "evaluate-test": (
         cmd_evaluate_test,

@@ -203,10 +203,14 @@ def evaluate(
     settings: SamplingSettings,
     seed: int,
     bootstrap: Bootstrap,
+    other_tasks: dict[str, list[Problem]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Returns (metrics: one row per task/setting/metric, samples: every scored completion).
 
     `member` is the arm's prompt, `seed_member` the seed prompt (the context of `kl_to_base`).
+    `other_tasks` (a continual schedule's tasks besides the current one) get mean@k under the arm's
+    prompt too, with the same k and seed as `val`: forgetting of earlier tasks, measured like the
+    current one.
     `kl_models` is None when the policy is the base model itself (KL is then exactly 0, not sampled),
     else a function returning (policy, base) transformers models, called once all samples are drawn.
     """
@@ -222,6 +226,10 @@ def evaluate(
         )
         frames.append(seed_samples)
     greedy = SamplingSettings(settings.max_new_tokens, 0.0, settings.batch_size)
+    other_frames = {
+        name: sample_and_score(engine, tokenizer, problems, member.text, k, settings, seed, own)
+        for name, problems in (other_tasks or {}).items()
+    }
     ood_frames = {
         ood_task: sample_and_score(engine, tokenizer, problems, NO_PROMPT, 1, greedy, seed, "none")
         for ood_task, problems in ood.items()
@@ -244,6 +252,9 @@ def evaluate(
                         bootstrap)
         )
         metrics += [seed_row, own_row]
+    for other_task, other_samples in other_frames.items():
+        frames.append(other_samples)
+        metrics.append(_row(other_task, own, f"mean@{k}", per_problem(other_samples), bootstrap))
     for ood_task, ood_samples in ood_frames.items():
         frames.append(ood_samples)
         metrics.append(_row(ood_task, "none", "greedy_accuracy", per_problem(ood_samples), bootstrap))

@@ -269,6 +269,25 @@ def test_ood_evaluation_is_greedy(tiny, problems):
     )
 
 
+def test_other_tasks_of_a_schedule_are_scored_like_the_current_one(tiny, problems):
+    """A continual run's evaluation: every other task of the schedule gets mean@k under the arm's
+    prompt, sampled as that task alone would be (same k, same seed), beside the current task's rows."""
+    model, tokenizer = tiny
+    val, _ = problems
+    others = {"claims": make_splits("claims", 0, {"val": 3})["val"]}
+    engine = partial(sample, model)
+    table, samples = evaluate(engine, tokenizer, None, val, MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 5,
+                              BOOTSTRAP, other_tasks=others)
+    rows = table[table["metric"] == "mean@2"].set_index("task")
+    alone = sample_and_score(engine, tokenizer, others["claims"], MEMBER.text, 2, SETTINGS, 5, "prompt:m1")
+    assert set(rows.index) == {"arithmetic", "claims"}
+    assert rows.loc["claims", "setting"] == "prompt:m1" and rows.loc["claims", "n"] == 3
+    assert rows.loc["claims", "value"] == pytest.approx(alone["reward"].mean())
+    claims = samples[samples["task"] == "claims"]
+    assert list(claims["completion_text"]) == list(alone["completion_text"])
+    assert not (table["metric"].str.startswith("kl") & (table["task"] == "claims")).any()
+
+
 def test_channel_decomposition_cells_share_one_sampling_seed(tiny, other, problems):
     model, tokenizer = tiny
     trained = partial(sample, other)
