@@ -13,6 +13,8 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/round.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/plasticity.smk"
+include: "workflow/rules/continual.smk"
 
 
 onstart:

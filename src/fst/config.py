@@ -144,6 +144,7 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"from tasks.train. Remove it from tasks.ood."
         )
     _check_fast(cfg, source)
+    _check_kinds(cfg, source)
     needed = problems_per_round(cfg)
     if needed > cfg["tasks"]["sizes"]["train"]:
         raise ConfigError(
@@ -207,6 +208,15 @@ def _check_fast(cfg: dict, source: str) -> None:
                     f"{source}: reflection.backend is 'openai' but reflection.{key} is not set; set it "
                     f"(e.g. base_url: http://localhost:8000/v1) or use reflection.backend: local."
                 )
+
+
+def _check_kinds(cfg: dict, source: str) -> None:
+    from fst.kinds import continual, plasticity
+
+    if "plasticity" in cfg["kinds"]:
+        plasticity.check(cfg, source)
+    if "continual" in cfg["kinds"]:
+        continual.check(cfg, source)
 
 
 def _check_data_file(data_file: str, source: str) -> None:

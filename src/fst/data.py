@@ -29,9 +29,9 @@ def split_user_problems(problems: list[Problem], seed: int, sizes: dict[str, int
 
 
 def build_task_data(task: str, seed: int, sizes: dict[str, int], data_file: str | None) -> pd.DataFrame:
-    """`task` is a family name, or "user" with `data_file` set."""
-    if task == "user":
-        splits = split_user_problems(load_user_problems(data_file), seed, sizes, data_file)
+    """`task` is a family name, or with `data_file` set the name its problems get ("user", "user_<n>")."""
+    if data_file:
+        splits = split_user_problems(load_user_problems(data_file, task), seed, sizes, data_file)
     else:
         splits = make_splits(task, seed, sizes)
     return problems_to_frame(splits)

@@ -9,6 +9,8 @@ from snakemake.settings.types import DeploymentMethod
 from fst import settings
 from fst.config import ConfigError, problems_per_round
 from fst.device import missing_here
+from fst.kinds import runs as kind_runs
+from fst.kinds.tasks import task_files
 from fst.report.figures import TITLES as REPORT_FIGURES
 from fst.sweep import resolve_points, swept_values
 
@@ -53,10 +55,14 @@ ROUND = f"{RUN}/round{{round}}"
 AFTER = f"{RUN}/eval/after{{k}}"
 POSTHOC = f"{RUN}/posthoc_gepa/after{{k}}"
 REPORT_DIR = f"{EXP_DIR}/report"
-RUN_WILDCARDS = {"point": POINTS, "arm": config["arms"], "seed": config["seeds"]}
-EVAL_POINTS = range(config["rounds"] + 1)
+# Every run of the experiment's kinds: {folder under the point: fst.kinds.Run}; the `arm` wildcard is
+# that folder (an arm's name for the main runs, continual-<arm>, plasticity-from-<init>).
+RUNS = kind_runs(config)
+MAIN_RUNS = [name for name, run in RUNS.items() if run.kind == "main"]
+RUN_WILDCARDS = {"point": POINTS, "arm": MAIN_RUNS, "seed": config["seeds"]}
+EVAL_POINTS = range(config["rounds"] + 1)  # of the main runs
 TRACKING_URI_OPTION = f"--uri {config['tracking']['uri']}" if config["tracking"]["uri"] else ""
-TRAIN_TASK = "user" if config["tasks"]["data_file"] else config["tasks"]["train"]
+TASK_FILES = task_files(config)  # {task name: user data file} of the tasks built from the user's files
 # accelerate configs of the slow stage on several GPUs (config/accelerate/ beside the Snakefile)
 ACCELERATE_DIR = os.path.join(workflow.basedir, "config", "accelerate")
 ENV = "../../envs/cpu.yaml"
@@ -68,11 +74,11 @@ os.environ.update(FST_REPO=workflow.basedir)
 
 wildcard_constraints:
     point="|".join(re.escape(point) for point in POINTS),
-    arm="|".join(config["arms"]),
+    arm="|".join(map(re.escape, RUNS)),
     seed=r"\d+",
     round=r"\d+",
     k=r"\d+",
-    task=r"[a-z_]+",
+    task=r"[a-z0-9_]+",
 
 
 def point_config(wildcards):
@@ -101,19 +107,40 @@ def after_dir(k):
     return AFTER.replace("{k}", str(k))
 
 
-def trains_weights(arm):
-    return arm != "gepa"
+def trains_weights(run):
+    return RUNS[run].trains_weights
 
 
-def gepa_round(cfg, arm, round_index):
-    """Whether round `round_index` of `arm` runs GEPA (else its fast stage passes Φ through).
+def run_task(run, round_index):
+    """The data of the task round `round_index` of `run` trains on."""
+    return data_path(RUNS[run].task(round_index))
 
-    Arm rl's round `rounds` (one past its last) is the optional post-hoc GEPA round on its final
+
+def eval_data(name):
+    """The evaluation's data: "data" the current task's (KL and the test split are measured there),
+    "tasks" the run's other scheduled tasks', "ood" the out-of-domain families' (not trained on)."""
+
+    def files(wildcards):
+        run, k = RUNS[wildcards.arm], int(wildcards.k)
+        if name == "data":
+            return data_path(run.task_after(k))
+        if name == "tasks":
+            return [data_path(task) for task in run.other_tasks(k)]
+        return [data_path(task) for task in config["tasks"]["ood"] if task not in run.stages]
+
+    return files
+
+
+def gepa_round(cfg, run, round_index):
+    """Whether round `round_index` of `run` runs GEPA (else its fast stage passes Φ through).
+
+    Main arm rl's round `rounds` (one past its last) is the optional post-hoc GEPA round on its final
     checkpoint (RL→GEPA): only its fast stage runs.
     """
-    round_index = int(round_index)
-    post_hoc = arm == "rl" and round_index == config["rounds"] and cfg["report"]["post_hoc_gepa"]
-    return arm == "gepa" or post_hoc or (arm == "fst" and round_index % cfg["fast"]["every"] == 0)
+    round_index, spec = int(round_index), RUNS[run]
+    post_hoc = (spec.kind == "main" and spec.arm == "rl" and round_index == config["rounds"]
+                and cfg["report"]["post_hoc_gepa"])
+    return spec.arm == "gepa" or post_hoc or (spec.arm == "fst" and round_index % cfg["fast"]["every"] == 0)
 
 
 def previous_gepa_option(wildcards):
@@ -126,14 +153,20 @@ def previous_gepa_option(wildcards):
     r, cfg = int(wildcards.round), point_config(wildcards)
     if r == 0 or not (gepa_round(cfg, wildcards.arm, r) and gepa_round(cfg, wildcards.arm, r - 1)):
         return ""
+    if RUNS[wildcards.arm].task(r) != RUNS[wildcards.arm].task(r - 1):
+        return ""  # a new task of a schedule: a fresh search on its problems
     run = RUN.format(point=wildcards.point, arm=wildcards.arm, seed=wildcards.seed)
     return f"--previous-gepa-dir {run}/gepa_state/round{r - 1}"
 
 
-def policy_before(arm, round_index):
-    """θ_c: the base model before round 0 (always, for arm gepa), else the previous slow output."""
-    round_index = int(round_index)
-    if round_index == 0 or not trains_weights(arm):
+def policy_before(run, round_index):
+    """θ_c: before round 0 the run's starting weights (the base model, or for a plasticity run the final
+    weights of the main run it starts from); the base model always for arm gepa; else the previous
+    slow output."""
+    round_index, spec = int(round_index), RUNS[run]
+    if round_index == 0 and spec.init is not None:
+        return f"{RUN}/round{RUNS[spec.init].rounds - 1}/policy".replace("{arm}", spec.init)
+    if round_index == 0 or not spec.trains_weights:
         return f"{EXP_DIR}/base_model"
     return f"{round_dir(round_index - 1)}/policy"
 
@@ -169,20 +202,27 @@ def round_provenance_before(wildcards):
     return round_provenance(wildcards.arm, wildcards.k)
 
 
-def all_round_provenance():
-    """The provenance of every round of every run that counts rollouts and steps (the x-axes)."""
+def of_runs(pattern, kind=None):
+    """`pattern` for every point and seed of every run (of `kind`, if given), k = 0..that run's rounds."""
     return [
         path
-        for point in POINTS
-        for arm in config["arms"]
-        for seed in config["seeds"]
-        for path in expand(round_provenance(arm, config["rounds"]), point=point, arm=arm, seed=seed)
+        for run in (name for name, spec in RUNS.items() if kind in (None, spec.kind))
+        for path in expand(pattern, point=POINTS, arm=run, seed=config["seeds"], k=range(RUNS[run].rounds + 1))
+    ]
+
+
+def all_round_provenance(kind="main"):
+    """The provenance of every round of every run of `kind` that counts rollouts and steps (the x-axes)."""
+    return [
+        path
+        for run in (name for name, spec in RUNS.items() if spec.kind == kind)
+        for path in expand(round_provenance(run, RUNS[run].rounds), point=POINTS, arm=run, seed=config["seeds"])
     ]
 
 
 def posthoc_files(name):
     """Arm rl's post-hoc GEPA evaluation ("eval") or GEPA round provenance ("provenance"), if asked for."""
-    if "rl" not in config["arms"] or not config["report"]["post_hoc_gepa"]:
+    if "rl" not in MAIN_RUNS or not config["report"]["post_hoc_gepa"]:
         return []
     pattern = {"eval": f"{POSTHOC}/eval.parquet", "provenance": f"{ROUND}/provenance/fast.json"}[name]
     return expand(pattern, point=POINTS, arm="rl", seed=config["seeds"], k=config["rounds"],
@@ -191,7 +231,7 @@ def posthoc_files(name):
 
 def decomposition_files(name="decomposition"):
     """Arm fst's channel decomposition per run (or its samples), when the report asks for it."""
-    if "fst" not in config["arms"] or not config["report"]["decomposition"]:
+    if "fst" not in MAIN_RUNS or not config["report"]["decomposition"]:
         return []
     return expand(f"{RUN}/eval/{name}.parquet", point=POINTS, arm="fst", seed=config["seeds"])
 
@@ -210,13 +250,9 @@ def test_eval_inputs(name):
 
 
 def test_eval_of_final(wildcards):
-    """The run's test evaluation, mirrored with the final evaluation point."""
-    return [f"{RUN}/eval/test.parquet"] if int(wildcards.k) == config["rounds"] else []
-
-
-def all_samples():
-    """Every validation evaluation's scored samples (per-problem scores for the paired bootstraps)."""
-    return expand(f"{AFTER}/samples.parquet", **RUN_WILDCARDS, k=EVAL_POINTS)
+    """A main run's test evaluation, mirrored with its final evaluation point."""
+    run = RUNS[wildcards.arm]
+    return [f"{RUN}/eval/test.parquet"] if run.kind == "main" and int(wildcards.k) == run.rounds else []
 
 
 def previous_tracked(wildcards):
@@ -272,6 +308,23 @@ def point_params(wildcards):
     """What MLflow records for a point: its swept values, and the resolved config of its runs."""
     cfg = point_config(wildcards)
     return {"swept": swept_values(cfg), "config": cfg}
+
+
+def kind_summary(kind, name="summary"):
+    """A kind's summary table (or its per-problem "scores"), if the experiment runs that kind."""
+    suffix = "" if kind == "main" else f"_{kind}"
+    return [f"{EXP_DIR}/{name}{suffix}.parquet"] if any(run.kind == kind for run in RUNS.values()) else []
+
+
+def report_kinds():
+    """What the report's kind sections need to know of the kinds' runs."""
+    spec = {}
+    if "plasticity" in config["kinds"]:
+        spec["plasticity"] = {"task": next(r.stages[0] for r in RUNS.values() if r.kind == "plasticity")}
+    if "continual" in config["kinds"]:
+        run = next(r for r in RUNS.values() if r.kind == "continual")
+        spec["continual"] = {"schedule": list(run.stages), "rounds_per_stage": run.rounds_per_stage}
+    return spec
 
 
 def final_outputs():

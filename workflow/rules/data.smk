@@ -7,9 +7,7 @@ rule tasks:
     params:
         seed=config["tasks"]["seed"],
         sizes=as_json(config["tasks"]["sizes"]),
-        data_file=lambda w: (
-            f"--data-file {config['tasks']['data_file']}" if w.task == "user" else ""
-        ),
+        data_file=lambda w: f"--data-file {TASK_FILES[w.task]}" if w.task in TASK_FILES else "",
     message:
         "Building the {wildcards.task} problems (train/val/test)"
     conda:

@@ -9,8 +9,9 @@ rule evaluate:
         population=population_after,
         seed_population=f"{EXP_DIR}/{{point}}/population_seed.json",
         base_model=f"{EXP_DIR}/base_model",
-        data=data_path(TRAIN_TASK),
-        ood=[data_path(task) for task in config["tasks"]["ood"]],
+        data=eval_data("data"),
+        tasks=eval_data("tasks"),
+        ood=eval_data("ood"),
     output:
         eval=f"{AFTER}/eval.parquet",
         samples=f"{AFTER}/samples.parquet",
@@ -27,7 +28,7 @@ rule evaluate:
         GPU_ENV
     shell:
         "fst evaluate --policy {input.policy} --population {input.population} "
-        "--seed-population {input.seed_population} --base-model {input.base_model} --data {input.data} --ood {input.ood} "
+        "--seed-population {input.seed_population} --base-model {input.base_model} --data {input.data} --tasks {input.tasks} --ood {input.ood} "
         "--after-rounds {wildcards.k} --seed {wildcards.seed} --settings {params.settings:q} "
         "--out {output.eval} --samples {output.samples} --provenance {output.provenance} 2> {log}"
 
@@ -38,8 +39,9 @@ use rule evaluate as evaluate_posthoc with:
         population=lambda w: f"{round_dir(w.k)}/population.json",  # the post-hoc GEPA round's
         seed_population=f"{EXP_DIR}/{{point}}/population_seed.json",
         base_model=f"{EXP_DIR}/base_model",
-        data=data_path(TRAIN_TASK),
-        ood=[data_path(task) for task in config["tasks"]["ood"]],
+        data=eval_data("data"),
+        tasks=[],
+        ood=eval_data("ood"),
     output:
         eval=f"{POSTHOC}/eval.parquet",
         samples=f"{POSTHOC}/samples.parquet",
@@ -59,7 +61,7 @@ rule evaluate_test:
         evals=test_eval_inputs("evals"),
         policies=test_eval_inputs("policies"),
         populations=test_eval_inputs("populations"),
-        data=data_path(TRAIN_TASK),
+        data=lambda w: data_path(RUNS[w.arm].task_after(RUNS[w.arm].rounds)),
     output:
         test=f"{RUN}/eval/test.parquet",
         samples=f"{RUN}/eval/test_samples.parquet",
@@ -87,7 +89,7 @@ rule decompose:
         population=f"{RUN}/round{config['rounds'] - 1}/population.json",
         seed_population=f"{EXP_DIR}/{{point}}/population_seed.json",
         base_model=f"{EXP_DIR}/base_model",
-        data=data_path(TRAIN_TASK),
+        data=lambda w: data_path(RUNS[w.arm].task_after(RUNS[w.arm].rounds)),
     output:
         table=f"{RUN}/eval/decomposition.parquet",
         samples=f"{RUN}/eval/decomposition_samples.parquet",

@@ -35,9 +35,9 @@ rule track:
 
 rule summary:
     input:
-        evals=expand(f"{AFTER}/eval.parquet", **RUN_WILDCARDS, k=EVAL_POINTS),
+        evals=of_runs(f"{AFTER}/eval.parquet", "main"),
         tests=expand(f"{RUN}/eval/test.parquet", **RUN_WILDCARDS),
-        samples=all_samples(),
+        samples=of_runs(f"{AFTER}/samples.parquet", "main"),
         round_provenance=all_round_provenance(),
     output:
         summary=f"{EXP_DIR}/summary.parquet",
@@ -56,8 +56,12 @@ rule summary:
 
 rule report:
     input:
-        summary=f"{EXP_DIR}/summary.parquet",
-        scores=f"{EXP_DIR}/scores.parquet",
+        summary=kind_summary("main"),
+        scores=kind_summary("main", "scores"),
+        plasticity_summary=kind_summary("plasticity"),
+        plasticity_scores=kind_summary("plasticity", "scores"),
+        continual_summary=kind_summary("continual"),
+        continual_scores=kind_summary("continual", "scores"),
         decomposition=decomposition_files(),
         decomposition_samples=decomposition_files("decomposition_samples"),
         posthoc_evals=posthoc_files("eval"),
@@ -78,12 +82,16 @@ rule report:
         resamples=config["evaluation"]["bootstrap_resamples"],
         bootstrap_seed=config["evaluation"]["bootstrap_seed"],
         experiment=EXPERIMENT,
+        kinds=lambda w: as_json(report_kinds()),
     message:
         "Comparison report of {params.experiment}"
     conda:
         ENV
     shell:
         "fst report --experiment {params.experiment} --summary {input.summary} --scores {input.scores} "
+        "--plasticity-summary {input.plasticity_summary} --plasticity-scores {input.plasticity_scores} "
+        "--continual-summary {input.continual_summary} --continual-scores {input.continual_scores} "
+        "--kinds {params.kinds:q} "
         "--decomposition {input.decomposition} --decomposition-samples {input.decomposition_samples} "
         "--bootstrap-resamples {params.resamples} --bootstrap-seed {params.bootstrap_seed} --posthoc-evals {input.posthoc_evals} "
         "--posthoc-provenance {input.posthoc_provenance} --min-fit-points {params.min_fit_points} "
@@ -92,7 +100,7 @@ rule report:
 
 rule sync_tracking:
     input:
-        tracked=expand(f"{AFTER}/tracked.json", **RUN_WILDCARDS, k=EVAL_POINTS),
+        tracked=of_runs(f"{AFTER}/tracked.json"),
         report=rules.report.output.markdown,
         figures=rules.report.output.figures,
     output:

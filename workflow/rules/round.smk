@@ -6,7 +6,7 @@ rule fast:
         population=lambda w: population_before(w.round),
         policy=lambda w: policy_before(w.arm, w.round),
         base_model=f"{EXP_DIR}/base_model",
-        data=data_path(TRAIN_TASK),
+        data=lambda w: run_task(w.arm, w.round),
     output:
         population=f"{ROUND}/population.json",
         gepa_rollouts=f"{ROUND}/gepa_rollouts.parquet",
@@ -21,12 +21,13 @@ rule fast:
         # GEPA's run folder stays outside the round's outputs, so a retried round resumes it.
         gepa_dir=f"{RUN}/gepa_state/round{{round}}",
         previous_gepa=previous_gepa_option,
+        arm=lambda w: RUNS[w.arm].arm,
     message:
         "{wildcards.arm} seed {wildcards.seed} round {wildcards.round}: fast weights (GEPA)"
     conda:
         GPU_ENV
     shell:
-        "fst fast --arm {wildcards.arm} --round {wildcards.round} --seed {wildcards.seed} "
+        "fst fast --arm {params.arm} --round {wildcards.round} --seed {wildcards.seed} "
         "--population-in {input.population} --policy {input.policy} --base-model {input.base_model} "
         "--data {input.data} --settings {params.settings:q} --gepa-dir {params.gepa_dir} "
         "{params.previous_gepa} --out {output.population} --gepa-rollouts {output.gepa_rollouts} "
@@ -37,7 +38,7 @@ rule rollout:
     input:
         policy=lambda w: policy_before(w.arm, w.round),
         population=f"{ROUND}/population.json",
-        data=data_path(TRAIN_TASK),
+        data=lambda w: run_task(w.arm, w.round),
     output:
         rollouts=f"{ROUND}/rollouts.parquet",
         provenance=f"{ROUND}/provenance/rollout.json",
@@ -60,7 +61,7 @@ rule rollout:
 rule score:
     input:
         rollouts=f"{ROUND}/rollouts.parquet",
-        data=data_path(TRAIN_TASK),
+        data=lambda w: run_task(w.arm, w.round),
     output:
         scored=f"{ROUND}/scored.parquet",
         provenance=f"{ROUND}/provenance/score.json",
