@@ -42,9 +42,11 @@ def _pyplot():
     return plt
 
 
-def _panels(points: list[str], width: float = 4.2, height: float = 3.4, sharey: bool = True):
+def _panels(
+    points: list[str], width: float = 4.2, height: float = 3.4, sharey: bool = True, columns: int = 3
+):
     plt = _pyplot()
-    columns = min(len(points), 3)
+    columns = min(len(points), columns)
     rows = -(-len(points) // columns)
     fig, axes = plt.subplots(
         rows,
