@@ -39,11 +39,10 @@ def plasticity_table(summary: pd.DataFrame, scores: pd.DataFrame, bootstrap: Boo
         finals = rows.sort_values("after_rounds").groupby("init")["after_rounds"].last()
         for init, path in rows.groupby("init", sort=True):
             path = path.sort_values("after_rounds")
-            record = {"point": point, "init": init}
-            record |= analysis.curve_point(path.iloc[0], "start") | analysis.curve_point(
-                path.loc[path["mean"].idxmax()], "peak"
-            )
-            record |= analysis.curve_point(path.iloc[-1], "final") | {"seeds": int(path["seeds"].max())}
+            record = {"point": point, "init": init, "seeds": int(path["seeds"].max())}
+            record |= analysis.curve_point(path.iloc[0], "start")
+            record |= analysis.curve_point(path.loc[path["mean"].idxmax()], "peak")
+            record |= analysis.curve_point(path.iloc[-1], "final")
             if init == CONTROL:
                 record["verdict"] = "control"
             elif CONTROL not in finals:
