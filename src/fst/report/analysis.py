@@ -72,14 +72,18 @@ def test_table(summary: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def curves(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (point, arm, after_rounds): the metric's mean over seeds with a 95% t-interval.
+CURVE_KEYS = ("point", "arm", "after_rounds")
+
+
+def curves(summary: pd.DataFrame, metric: str, keys: tuple[str, ...] = CURVE_KEYS) -> pd.DataFrame:
+    """Per (point, arm, after_rounds), or other `keys` (e.g. with task): the metric's mean over seeds
+    with a 95% t-interval.
 
     The interval is NaN with one seed. Step axes are averaged over seeds (GEPA's metric calls can
     differ slightly between seeds).
     """
     rows = summary[summary["metric"] == metric]
-    group = rows.groupby(["point", "arm", "after_rounds"])
+    group = rows.groupby(list(keys))
     table = group.agg(
         rl_steps=("rl_steps", "mean"),
         policy_rollouts=("policy_rollouts", "mean"),
@@ -89,8 +93,37 @@ def curves(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
     ).reset_index()
     half = table["std"] / np.sqrt(table["seeds"]) * table["seeds"].map(_t_quantile)
     table["ci95_low"], table["ci95_high"] = table["mean"] - half, table["mean"] + half
-    table.insert(3, "metric", metric)
+    table.insert(len(keys), "metric", metric)
     return table
+
+
+def curves_with_run_intervals(
+    summary: pd.DataFrame, metric: str, keys: tuple[str, ...] = CURVE_KEYS
+) -> pd.DataFrame:
+    """curves(), where one seed leaves the t-interval undefined filled with that evaluation's own 95%
+    bootstrap interval over problems (the summary row's ci95_low, ci95_high); `interval` says which."""
+    table = curves(summary, metric, keys)
+    single = (table["seeds"] == 1).to_numpy()
+    table["interval"] = np.where(single, "bootstrap over problems", "t over seeds")
+    if not {"ci95_low", "ci95_high"} <= set(summary.columns):
+        return table
+    rows = summary[summary["metric"] == metric]
+    own = rows.groupby(list(keys))[["ci95_low", "ci95_high"]].mean().reset_index()
+    own = table[list(keys)].merge(own, on=list(keys), how="left")
+    for bound in ("ci95_low", "ci95_high"):
+        table[bound] = np.where(single, own[bound].to_numpy(), table[bound].to_numpy())
+    return table
+
+
+
+def curve_point(row: pd.Series, name: str) -> dict:
+    """One row of curves() as `name`, `name`_ci95_low, `name`_ci95_high and `name`_after_rounds."""
+    return {
+        name: row["mean"],
+        f"{name}_ci95_low": row["ci95_low"],
+        f"{name}_ci95_high": row["ci95_high"],
+        f"{name}_after_rounds": int(row["after_rounds"]),
+    }
 
 
 @dataclass
@@ -424,6 +457,35 @@ def paired_difference(a: pd.Series, b: pd.Series, bootstrap: Bootstrap) -> dict:
         "problems": len(difference),
         "inside_noise": inside,
         "verdict": "inside the noise" if inside else "outside the noise",
+    }
+
+
+def paired_scores(
+    means: dict, a_key: tuple, b_key: tuple, bootstrap: Bootstrap, task: str | None = None
+) -> dict:
+    """paired_difference of two entries of _problem_means (a − b), on one task's problems when `task`
+    is given; its interval named difference_ci95_*. No verdict where either side has no scores: an
+    empty pairing is not evidence of "inside the noise"."""
+    a, b = means.get(a_key), means.get(b_key)
+    if a is not None and b is not None and task is not None:
+        a, b = (s[s.index.get_level_values("task") == task] for s in (a, b))
+    if a is None or b is None or a.index.intersection(b.index).empty:
+        return {
+            "difference": float("nan"),
+            "difference_ci95_low": float("nan"),
+            "difference_ci95_high": float("nan"),
+            "problems": 0,
+            "inside_noise": pd.NA,
+            "verdict": "no per-problem scores",
+        }
+    result = paired_difference(a, b, bootstrap)
+    return {
+        "difference": result["difference"],
+        "difference_ci95_low": result["ci95_low"],
+        "difference_ci95_high": result["ci95_high"],
+        "problems": result["problems"],
+        "inside_noise": result["inside_noise"],
+        "verdict": result["verdict"],
     }
 
 

@@ -31,6 +31,11 @@ def _markdown(frame: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, floatfmt=".4g")
 
 
+def _figure(title: str, path: Path, out: Path) -> str:
+    """A figure link relative to the Markdown page, so the report folder can be moved as a whole."""
+    return f"![{title}]({Path(path).relative_to(out.parent).as_posix()})"
+
+
 def markdown(
     experiment: str,
     summary: pd.DataFrame,
@@ -104,10 +109,7 @@ def markdown(
             else []
         ),
         "## Figures",
-        *[
-            f"![{TITLES[name]}]({Path(path).relative_to(out.parent).as_posix()})"
-            for name, path in figure_files.items()
-        ],
+        *[_figure(TITLES[name], path, out) for name, path in figure_files.items()],
     ]
     text = "\n\n".join(sections) + "\n"
     artifacts.write_text(text, out)
