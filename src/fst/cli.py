@@ -613,16 +613,20 @@ def cmd_summarize(args) -> None:
 
 
 def cmd_report(args) -> None:
-    """Report stage: sample efficiency, ceiling, drift, OOD, decomposition: tables, figures, Markdown."""
+    """Report stage: the kinds' questions (sample efficiency, ceiling, drift, OOD, decomposition,
+    feedback, plasticity, continual learning): tables, figures, Markdown."""
     from fst.evaluate import Bootstrap
     from fst.report import build as report
-    from fst.report.figures import TITLES
 
-    figure_files = dict(zip(TITLES, map(Path, args.figures), strict=True))
+    kinds = _json(args.kinds)
+    figure_files = dict(zip(report.figure_titles(kinds), map(Path, args.figures), strict=True))
     posthoc = report.read_posthoc(args.posthoc_evals, args.posthoc_provenance)
-    report.build(args.experiment, Path(args.summary), args.decomposition, posthoc, Path(args.tables),
-                 figure_files, Path(args.markdown), args.min_fit_points, Path(args.scores),
-                 args.decomposition_samples, Bootstrap(args.bootstrap_resamples, args.bootstrap_seed))
+    kind_paths = {kind: (Path(getattr(args, f"{kind}_summary")), Path(getattr(args, f"{kind}_scores")))
+                  for kind in ("plasticity", "continual") if kind in kinds}
+    report.build(args.experiment, args.summary and Path(args.summary), args.decomposition, posthoc,
+                 Path(args.tables), figure_files, Path(args.markdown), args.min_fit_points,
+                 args.scores and Path(args.scores), args.decomposition_samples,
+                 Bootstrap(args.bootstrap_resamples, args.bootstrap_seed), kinds, kind_paths)
 
 
 def cmd_config(args) -> None:
@@ -673,7 +677,8 @@ _STAGES = {
     "summarize": (cmd_summarize, "evals+ tests* samples* round_provenance* out scores"),
     "report": (
         cmd_report,
-        "experiment summary scores decomposition* decomposition_samples* bootstrap_resamples:int "
+        "experiment kinds summary? scores? plasticity_summary? plasticity_scores? continual_summary? "
+        "continual_scores? decomposition* decomposition_samples* bootstrap_resamples:int "
         "bootstrap_seed:int posthoc_evals* posthoc_provenance* min_fit_points:int tables figures+ markdown",
     ),
 }

@@ -256,3 +256,82 @@ def test_sweep_grid_runs_every_point_with_an_mlflow_parent_each(tmp_path, tiny_m
         assert child.data.tags["fst.point"] == parent.info.run_name
         assert child.data.params["slow.learning_rate"] == parent.data.params["swept.slow.learning_rate"]
     assert all(client.list_artifacts(run_id, "report") for run_id in parents)
+
+
+@pytest.mark.slow
+def test_plasticity_trains_plain_rl_on_the_new_task_from_the_base_and_each_phase_a_checkpoint(
+    tmp_path, tiny_model_dir
+):
+    config = tiny_config(tiny_model_dir, rounds=1, kinds=["plasticity"],
+                         plasticity={"task": "claims", "rounds": 1})
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "results/tiny/default"
+    # phase B starts from the phase-A run's final weights (the base model for the control), with the
+    # seed prompt and a fresh optimizer, and trains on the phase-B task
+    from_rl = json.loads((run / "plasticity-from-rl/seed0/round0/provenance/rollout.json").read_text())
+    assert from_rl["inputs"]["policy"]["path"].endswith("rl/seed0/round0/policy")
+    assert from_rl["inputs"]["data"]["path"].endswith("data/claims.parquet")
+    from_base = json.loads((run / "plasticity-from-base/seed0/round0/provenance/slow.json").read_text())
+    assert from_base["inputs"]["policy_in"]["path"].endswith("base_model")
+    population = json.loads((run / "plasticity-from-rl/seed0/round0/population.json").read_text())
+    seed_prompt = json.loads((run / "population_seed.json").read_text())
+    assert [m["text"] for m in population["members"]] == [m["text"] for m in seed_prompt["members"]]
+    assert not (run / "plasticity-from-rl/seed0/trainer_state").samefile(run / "rl/seed0/trainer_state")
+    evaluation = pd.read_parquet(run / "plasticity-from-rl/seed0/eval/after1/eval.parquet")
+    assert set(evaluation.loc[evaluation["metric"] == "mean@1", "task"]) == {"claims"}
+    table = pd.read_parquet(tmp_path / "results/tiny/report/tables/plasticity.parquet").set_index("init")
+    assert set(table.index) == {"base", "rl"}
+    assert table.loc["base", "verdict"] == "control"
+    # the table's final accuracy is the run's own evaluation
+    mean = evaluation.set_index("metric").loc["mean@1", "value"]
+    assert table.loc["rl", "final"] == pytest.approx(mean)
+    text = (tmp_path / "results/tiny/report/report.md").read_text()
+    assert "## Plasticity (phase B: plain RL on claims" in text
+    assert (tmp_path / "results/tiny/report/figures/plasticity_phase_b_curves.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_continual_runs_switch_task_and_evaluate_every_task_every_round(tmp_path, tiny_model_dir):
+    config = tiny_config(
+        tiny_model_dir,
+        arms=["rl", "gepa"],
+        kinds=["continual"],
+        continual={"schedule": ["arithmetic", "claims"], "rounds_per_stage": 1},
+        prompts={"seed": "Answer the question."},
+        fast={"budget": 4, "population_size": 2, "anchors": 2, "pareto_problems": 2},
+        reflection={"max_tokens": 16},
+    )
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "results/tiny/default"
+    assert not (run / "rl").exists()  # kind continual alone: no main runs
+    for round_index, task in enumerate(["arithmetic", "claims"]):
+        rounds = run / f"continual-rl/seed0/round{round_index}"
+        rollout = json.loads((rounds / "provenance/rollout.json").read_text())
+        assert rollout["inputs"]["data"]["path"].endswith(f"data/{task}.parquet")
+    # the weights carry over the switch: round 1 trains round 0's output
+    slow = json.loads((run / "continual-rl/seed0/round1/provenance/slow.json").read_text())
+    assert slow["inputs"]["policy_in"]["path"].endswith("continual-rl/seed0/round0/policy")
+    # GEPA follows the current task: the claims round starts a fresh search, from the carried population
+    fast = json.loads((run / "continual-gepa/seed0/round1/provenance/fast.json").read_text())
+    assert fast["gepa"]["continued_from"] is None
+    gepa_calls = pd.read_parquet(run / "continual-gepa/seed0/round1/gepa_rollouts.parquet")
+    assert gepa_calls["problem_id"].str.startswith("claims-").all()
+    for k in range(3):
+        evaluation = pd.read_parquet(run / f"continual-rl/seed0/eval/after{k}/eval.parquet")
+        assert set(evaluation.loc[evaluation["metric"] == "mean@1", "task"]) == {"arithmetic", "claims"}
+    stages = pd.read_parquet(tmp_path / "results/tiny/report/tables/continual_stages.parquet")
+    assert sorted(zip(stages["stage"], stages["task"], stages["arm"], strict=True)) == [
+        (0, "arithmetic", "gepa"), (0, "arithmetic", "rl"), (1, "claims", "gepa"), (1, "claims", "rl")]
+    assert (stages.groupby("stage")["normalised_peak"].max().dropna() == 1.0).all()
+    text = (tmp_path / "results/tiny/report/report.md").read_text()
+    assert "## Continual learning" in text and "## Sample efficiency" not in text
+    summary = pd.read_parquet(tmp_path / "results/tiny/summary_continual.parquet")
+    assert set(summary["arm"]) == {"continual-rl", "continual-gepa"}
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results/mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert {r.info.run_name for r in runs} >= {"continual-rl-seed0", "continual-gepa-seed0"}

@@ -11,7 +11,7 @@ from fst.config import ConfigError, problems_per_round
 from fst.device import missing_here
 from fst.kinds import runs as kind_runs
 from fst.kinds.tasks import task_files
-from fst.report.figures import TITLES as REPORT_FIGURES
+from fst.report.build import figure_titles
 from fst.sweep import resolve_points, swept_values
 
 
@@ -317,8 +317,8 @@ def kind_summary(kind, name="summary"):
 
 
 def report_kinds():
-    """What the report's kind sections need to know of the kinds' runs."""
-    spec = {}
+    """What the report needs to know of the kinds' runs (fst.report.build.figure_titles)."""
+    spec = {"main": bool(MAIN_RUNS), "proposers": "fast.proposer" in (config["sweep"] or {})}
     if "plasticity" in config["kinds"]:
         spec["plasticity"] = {"task": next(r.stages[0] for r in RUNS.values() if r.kind == "plasticity")}
     if "continual" in config["kinds"]:

@@ -73,7 +73,7 @@ rule report:
         ),
         figures=[
             report(f"{REPORT_DIR}/figures/{name}.png", caption=f"../report/{name}.rst", category="Figures")
-            for name in REPORT_FIGURES
+            for name in figure_titles(report_kinds())
         ],
     log:
         f"{EXP_DIR}/logs/report.log",
@@ -82,16 +82,19 @@ rule report:
         resamples=config["evaluation"]["bootstrap_resamples"],
         bootstrap_seed=config["evaluation"]["bootstrap_seed"],
         experiment=EXPERIMENT,
-        kinds=lambda w: as_json(report_kinds()),
+        kinds=as_json(report_kinds()),
+        summaries=lambda w, input: " ".join(
+            f"--{name.replace('_', '-')} {input[name]}"
+            for name in ("summary", "scores", "plasticity_summary", "plasticity_scores", "continual_summary",
+                         "continual_scores")
+            if input[name]
+        ),
     message:
         "Comparison report of {params.experiment}"
     conda:
         ENV
     shell:
-        "fst report --experiment {params.experiment} --summary {input.summary} --scores {input.scores} "
-        "--plasticity-summary {input.plasticity_summary} --plasticity-scores {input.plasticity_scores} "
-        "--continual-summary {input.continual_summary} --continual-scores {input.continual_scores} "
-        "--kinds {params.kinds:q} "
+        "fst report --experiment {params.experiment} --kinds {params.kinds:q} {params.summaries} "
         "--decomposition {input.decomposition} --decomposition-samples {input.decomposition_samples} "
         "--bootstrap-resamples {params.resamples} --bootstrap-seed {params.bootstrap_seed} --posthoc-evals {input.posthoc_evals} "
         "--posthoc-provenance {input.posthoc_provenance} --min-fit-points {params.min_fit_points} "

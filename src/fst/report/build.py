@@ -8,8 +8,10 @@ import pandas as pd
 
 from fst import artifacts
 from fst.evaluate import Bootstrap
-from fst.report import analysis, figures
-from fst.report.markdown import markdown
+from fst.kinds.continual import PREFIX as CONTINUAL_PREFIX
+from fst.kinds.plasticity import PREFIX as PLASTICITY_PREFIX
+from fst.report import analysis, continual, figures, plasticity, proposers
+from fst.report.markdown import main_sections, page
 from fst.report.summary import counts_by_run, run_of
 
 TABLES = ("curves", "sample_efficiency", "ceiling", "drift", "ood", "decomposition", "posthoc", "test",
@@ -100,27 +102,83 @@ def draw(summary: pd.DataFrame, cells: pd.DataFrame, tables: dict[str, pd.DataFr
     figures.point_comparison(curves, out["points"])
 
 
+def figure_titles(kinds: dict) -> dict[str, str]:
+    """{figure name: title} of the report of an experiment with these kinds (fst.kinds): the workflow's
+    report outputs and the page's figure list. `kinds` as the workflow passes it: "main" and "proposers"
+    (a reflective/blind sweep) true or false, "plasticity" and "continual" present when run."""
+    titles = dict(figures.TITLES) if kinds.get("main") else {}
+    titles |= proposers.FIGURES if kinds.get("main") and kinds.get("proposers") else {}
+    titles |= plasticity.FIGURES if "plasticity" in kinds else {}
+    titles |= continual.FIGURES if "continual" in kinds else {}
+    return titles
+
+
+def _kind_frames(summary_path: Path, scores_path: Path, prefix: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A kind's summary and scores, its run folders (continual-fst, plasticity-from-rl) named by what the
+    kind's section compares (the arm fst, the initialisation rl)."""
+    frames = pd.read_parquet(summary_path), pd.read_parquet(scores_path)
+    return tuple(frame.assign(arm=frame["arm"].str.removeprefix(prefix)) for frame in frames)
+
+
+def _own(figure_files: dict[str, Path], titles: dict[str, str]) -> dict[str, Path]:
+    """The files of one section's figures."""
+    return {name: figure_files[name] for name in titles}
+
+
+def _write(tables: dict[str, pd.DataFrame], table_dir: Path) -> None:
+    for name, table in tables.items():
+        artifacts.write_parquet(table, Path(table_dir) / f"{name}.parquet")
+
+
 def build(
     experiment: str,
-    summary_path: Path,
+    summary_path: Path | None,
     decomposition_paths: list[Path],
     posthoc: pd.DataFrame,
     table_dir: Path,
     figure_files: dict[str, Path],
     markdown_path: Path,
     min_fit_points: int,
-    scores_path: Path,
+    scores_path: Path | None,
     decomposition_sample_paths: list[Path],
     bootstrap: Bootstrap,
+    kinds: dict | None = None,
+    kind_paths: dict[str, tuple[Path, Path]] | None = None,
 ) -> dict[str, pd.DataFrame]:
-    full = pd.read_parquet(summary_path)
-    cells = read_decomposition(decomposition_paths)
-    scores = pd.read_parquet(scores_path)
-    tables = analyse(full, cells, min_fit_points, posthoc, scores,
-                     read_decomposition_scores(decomposition_sample_paths), bootstrap)
-    summary, _ = analysis.with_validation_metric(full)
-    for name, table in tables.items():
-        artifacts.write_parquet(table, Path(table_dir) / f"{name}.parquet")
-    draw(summary, cells, tables, figure_files)
-    markdown(experiment, summary, tables, figure_files, Path(markdown_path))
-    return tables
+    """Every table, figure and the page. The main runs' part needs `summary_path`; each other kind in
+    `kinds` (as in figure_titles) its (summary, scores) in `kind_paths`."""
+    kinds = kinds if kinds is not None else {"main": True}
+    kind_paths = kind_paths or {}
+    every, sections = {}, []
+    if summary_path is not None:
+        full = pd.read_parquet(summary_path)
+        cells = read_decomposition(decomposition_paths)
+        scores = pd.read_parquet(scores_path)
+        tables = analyse(full, cells, min_fit_points, posthoc, scores,
+                         read_decomposition_scores(decomposition_sample_paths), bootstrap)
+        summary, _ = analysis.with_validation_metric(full)
+        draw(summary, cells, tables, figure_files)
+        sections += main_sections(experiment, summary, tables)
+        every |= tables
+        if kinds.get("proposers"):
+            twins = proposers.tables(full, scores, bootstrap)
+            proposers.draw(summary, twins, figure_files)
+            sections += proposers.section(twins, _own(figure_files, proposers.FIGURES), Path(markdown_path))
+            every |= twins
+    if "plasticity" in kinds:
+        summary, scores = _kind_frames(*kind_paths["plasticity"], PLASTICITY_PREFIX)
+        tables = plasticity.tables(summary, scores, bootstrap)
+        plasticity.draw(summary, tables, figure_files)
+        sections += plasticity.section(tables, _own(figure_files, plasticity.FIGURES), Path(markdown_path),
+                                      kinds["plasticity"]["task"])
+        every |= tables
+    if "continual" in kinds:
+        summary, scores = _kind_frames(*kind_paths["continual"], CONTINUAL_PREFIX)
+        schedule, per_stage = kinds["continual"]["schedule"], kinds["continual"]["rounds_per_stage"]
+        tables = continual.tables(summary, scores, schedule, per_stage, bootstrap)
+        continual.draw(summary, tables, schedule, per_stage, figure_files)
+        sections += continual.section(tables, _own(figure_files, continual.FIGURES), Path(markdown_path))
+        every |= tables
+    _write(every, table_dir)
+    page(experiment, sections, figure_titles(kinds), figure_files, Path(markdown_path))
+    return every

@@ -8,7 +8,6 @@ import pandas as pd
 
 from fst import artifacts
 from fst.report import analysis
-from fst.report.figures import TITLES
 
 KL_DEFINITION = (
     "KL is defined once for every arm: the token-level KL(π_θ ‖ π_base) of the temperature-τ "
@@ -36,14 +35,12 @@ def _figure(title: str, path: Path, out: Path) -> str:
     return f"![{title}]({Path(path).relative_to(out.parent).as_posix()})"
 
 
-def markdown(
+def main_sections(
     experiment: str,
     summary: pd.DataFrame,
     tables: dict[str, pd.DataFrame],
-    figure_files: dict[str, Path],
-    out: Path,
-) -> str:
-    """The report as Markdown: what ran, each question's table with how to read it, the figures."""
+) -> list[str]:
+    """The main runs' part of the page: what ran, each question's table with how to read it."""
     summary, _ = analysis.with_validation_metric(summary)
     efficiency = tables["sample_efficiency"]
     mean_efficiency = efficiency[efficiency["seed"] == "mean"] if not efficiency.empty else efficiency
@@ -54,8 +51,7 @@ def markdown(
     arm_differences = differences[~is_cell] if not differences.empty else differences
     shown = ["point", "comparison", "after_rounds", "difference", "ci95_low", "ci95_high", "verdict"]
     sections = [
-        f"# {experiment}: Fast-Slow Training comparison",
-        f"Sweep points: {', '.join(sorted(summary['point'].unique()))}. Arms: "
+        f"Main runs of {experiment}. Sweep points: {', '.join(sorted(summary['point'].unique()))}. Arms: "
         f"{', '.join(sorted(summary['arm'].unique()))}. Seeds: {summary['seed'].nunique()}. "
         f"Evaluation points per run: {summary['after_rounds'].nunique()} "
         f"(after 0..{summary['after_rounds'].max()} rounds). "
@@ -108,9 +104,18 @@ def markdown(
             if not tables["posthoc"].empty
             else []
         ),
-        "## Figures",
-        *[_figure(TITLES[name], path, out) for name, path in figure_files.items()],
     ]
-    text = "\n\n".join(sections) + "\n"
+    return sections
+
+
+def page(experiment: str, sections: list[str], titles: dict[str, str], figure_files: dict[str, Path],
+         out: Path) -> str:
+    """The whole report page: the kinds' sections, then every figure; written to `out`."""
+    text = "\n\n".join([
+        f"# {experiment}: Fast-Slow Training comparison",
+        *sections,
+        "## Figures",
+        *[_figure(titles[name], path, out) for name, path in figure_files.items()],
+    ]) + "\n"
     artifacts.write_text(text, out)
     return text
