@@ -3,7 +3,8 @@
 Files written by the workflow are the source of truth; MLflow is a convenience view of them.
 Every call is idempotent (rerunning it logs nothing twice) and never raises: a tracking
 outage yields a status dict with ``ok: False`` that the stage writes next to its outputs,
-so a later rerun can fill in what was missed.
+so a later rerun can fill in what was missed. What the track stage sends for an evaluation point
+(``point_metrics``, ``point_payload``) and how the sync stage backfills (``sync_points``) are here too.
 
 Layout: one MLflow experiment per config experiment; in it a parent run per sweep point (run key
 ``{"point": ...}``, tag ``fst.role=point``) and, nested under it through MLflow's own
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import math
 import os
 import random
 import re
@@ -89,6 +91,74 @@ def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def set_quick_failure_env() -> None:
+    """MLflow's defaults retry a dead tracking server for minutes; a stage gives up quickly instead
+    (the files stay complete and the sync stage fills in what was missed). No network: no telemetry."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
+
+def evaluation_metrics(table, prefix: str = "") -> dict[str, float]:
+    """MLflow metrics of an evaluation table: each value, and its 95% interval where it has one."""
+    metrics = {}
+    for row in table.itertuples():
+        name = f"{prefix}{row.task}/{row.setting}/{row.metric}"
+        metrics[name] = float(row.value)
+        for bound in ("ci95_low", "ci95_high"):
+            value = getattr(row, bound, float("nan"))
+            if not math.isnan(value):
+                metrics[f"{name}/{bound}"] = float(value)
+    return metrics
+
+
+def point_metrics(evaluation, test=None, slow: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """MLflow metrics of one evaluation point: its evaluation table's, the held-out test table's
+    (mirrored with the final point) per selection under ``test/<selection>/``, and the numeric metrics
+    of the slow stage that led to it under ``train/``."""
+    metrics = evaluation_metrics(evaluation)
+    if test is not None:
+        for selection, rows in test.groupby("selection"):
+            metrics |= evaluation_metrics(rows, f"test/{selection}/")
+            metrics[f"test/{selection}/after_rounds"] = float(rows["after_rounds"].iloc[0])
+    if slow:
+        metrics.update({f"train/{k}": float(v) for k, v in slow.items() if isinstance(v, int | float)})
+    return metrics
+
+
+def point_payload(
+    *,
+    experiment: str,
+    point: str,
+    arm: str,
+    seed: int,
+    after_rounds: int,
+    point_params: Mapping,
+    metrics: dict[str, float],
+    rl_steps: int,
+    rollouts: int,
+    files: Iterable,
+) -> dict:
+    """The arguments of ``mirror_round`` for one evaluation point of an arm x seed run (JSON-serialisable).
+
+    ``point_params`` is the point's ``{"swept": ..., "config": ...}``: the run gets the config, the
+    point's parent run also what was swept. ``rl_steps`` and ``rollouts`` spent before the point are
+    its second and third step axes; ``files`` are attached to the run.
+    """
+    return {
+        "experiment": experiment,
+        "run_key": {"point": point, "arm": arm, "seed": str(seed)},
+        "parent_key": {"point": point},
+        "params": flatten(point_params["config"]),
+        "parent_params": flatten({"swept": point_params["swept"]}) | flatten(point_params["config"]),
+        "metrics": metrics,
+        "step": after_rounds,
+        "extra_steps": {"rl_steps": rl_steps, "rollouts": rollouts},
+        "artifacts": [str(f) for f in files],
+    }
+
+
 def mirror_round(
     uri: str,
     experiment: str,
@@ -129,6 +199,48 @@ def attach_files(
                               "artifact_dir": artifact_dir}
     return _guarded(f"upload to {artifact_dir}", status, partial(
         _attach, uri, experiment, run_key, list(files), artifact_dir))
+
+
+def sync_points(
+    uri: str,
+    experiment: str,
+    tracked: Iterable[tuple[str, Mapping]],
+    files: Iterable[Path],
+    artifact_dir: str,
+) -> dict:
+    """Backfill every evaluation point not yet mirrored into ``uri``; then attach ``files`` to each point.
+
+    ``tracked``: (path, record) of each point's tracked.json, the track stage's status beside the payload
+    it sent. A point already sent to ``uri`` is skipped, any other one is sent again. The first failure
+    is enough to know the server is down: the points after it are left pending and nothing is attached.
+    Never raises; returns the sync report (``ok``, ``backfilled``, ``failed``, ``pending``,
+    ``report_attached``).
+    """
+    files = [Path(f) for f in files]
+    backfilled, pending, failed, points = [], [], [], {}
+    for path, record in tracked:
+        points[record["payload"]["parent_key"]["point"]] = record["payload"]["parent_key"]
+        if record.get("ok") and record.get("uri") == uri:
+            continue
+        if failed:  # one failure is enough to know the server is down: don't wait on every point
+            pending.append(str(path))
+            continue
+        status = mirror_round(uri, **record["payload"])
+        (backfilled if status.get("ok") else failed).append({"tracked": str(path), **status})
+    attached = []
+    for key in points.values() if not failed else []:
+        attached.append(attach_files(uri, experiment, key, files, artifact_dir))
+        if not attached[-1].get("ok"):
+            failed.append(attached[-1])
+            break
+    return {
+        "uri": uri,
+        "ok": not failed,
+        "backfilled": backfilled,
+        "failed": failed,
+        "pending": pending,
+        "report_attached": attached,
+    }
 
 
 def _guarded(action: str, status: dict[str, Any], work: Callable[[], dict]) -> dict:

@@ -82,22 +82,22 @@ def test_the_defaults_ask_for_auto():
 
 
 def test_the_slow_stage_keeps_one_gpu_and_runs_in_slow_gpus_processes(monkeypatch):
-    from fst.cli import _slow_processes
+    from fst.stages.slow import process_rank
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
-    assert _slow_processes(1) == 0
+    assert process_rank(1) == 0
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "2"  # one process: no DataParallel
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # unset (a machine outside SLURM): torch would see all
-    assert _slow_processes(1) == 0
+    assert process_rank(1) == 0
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "0"
     with pytest.raises(SystemExit, match="accelerate launch .* --num_processes 2"):
-        _slow_processes(2)  # slow.gpus: 2 started without the launcher
+        process_rank(2)  # slow.gpus: 2 started without the launcher
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    assert _slow_processes(2) == 1
+    assert process_rank(2) == 1
     assert __import__("os").environ["CUDA_VISIBLE_DEVICES"] == "0,1"  # each process takes its LOCAL_RANK
     with pytest.raises(SystemExit, match="slow.gpus is 1 but this stage runs in 2"):
-        _slow_processes(1)
+        process_rank(1)
 

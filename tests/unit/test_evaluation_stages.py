@@ -15,6 +15,7 @@ from fst.data import build_task_data, load_split
 from fst.evaluate import evaluation_seed, sample_and_score
 from fst.generation import SamplingSettings, sample
 from fst.population import Member, save_population, seed_population
+from fst.stages import evaluation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -206,13 +207,13 @@ def test_evaluation_samples_with_vllm_and_scores_kl_after_the_engine_closed(
     from fst.policy import load_policy
 
     LLM, settings = vllm_backend
-    load = cli._load_model
+    load = evaluation.load_model
 
     def load_after_the_engine_closed(*args):  # the KL's transformers models: no engine beside them
         assert LLM.instances and all(engine.shut_down for engine in LLM.instances)
         return load(*args)
 
-    monkeypatch.setattr(cli, "_load_model", load_after_the_engine_closed)
+    monkeypatch.setattr(evaluation, "load_model", load_after_the_engine_closed)
     cli.main(["evaluate", "--policy", str(drifted_dir), "--population", str(files["evolved"]),
               "--seed-population", str(files["seed_population"]), "--base-model", str(tiny_model_dir),
               "--data", str(files["data"]), "--after-rounds", "1", "--seed", str(RUN_SEED),

@@ -8,8 +8,10 @@ import pytest
 from mlflow import MlflowClient
 from mlflow_server import MlflowServer
 
+import fst.tracking
 from fst import cli
 from fst.artifacts import write_json
+from fst.tracking import point_metrics, point_payload, sync_points
 
 POINT = "slow.learning_rate~0.001"
 OUTAGE_ENV = {
@@ -145,3 +147,91 @@ def test_track_survives_a_dead_server_and_sync_backfills_from_the_files(tmp_path
         assert len(client.get_metric_history(child.info.run_id, "arithmetic/prompt:seed/mean_at_2")) == 2
     finally:
         server.stop()
+
+
+def _record(point: str, step: int, ok: bool, uri: str) -> dict:
+    """A tracked.json: the track stage's status beside the payload it sent."""
+    payload = {
+        "experiment": "e",
+        "run_key": {"point": point, "arm": "fst", "seed": "0"},
+        "parent_key": {"point": point},
+        "metrics": {},
+        "step": step,
+    }
+    return {"ok": ok, "uri": uri, "payload": payload}
+
+
+def test_sync_skips_sent_points_and_stops_at_the_first_failure(monkeypatch):
+    sent, attached = [], []
+
+    def mirror(uri, **payload):
+        sent.append((payload["parent_key"]["point"], payload["step"]))
+        return {"ok": payload["step"] != 1, "error": "down"}
+
+    def attach(uri, experiment, key, files, artifact_dir):
+        attached.append((key["point"], [f.name for f in files], artifact_dir))
+        return {"ok": True}
+
+    monkeypatch.setattr(fst.tracking, "mirror_round", mirror)
+    monkeypatch.setattr(fst.tracking, "attach_files", attach)
+    tracked = [
+        ("a0", _record("a", 0, True, "u")),
+        ("a1", _record("a", 1, False, "u")),
+        ("b0", _record("b", 0, True, "elsewhere")),
+        ("b1", _record("b", 1, False, "u")),
+    ]
+    report = sync_points("u", "e", tracked, ["report.md"], "report")
+    assert sent == [("a", 1)]  # a0 is in this store already; b0 and b1 wait for the server
+    assert not report["ok"] and report["pending"] == ["b0", "b1"] and not attached
+    assert report["failed"] == [{"tracked": "a1", "ok": False, "error": "down"}]
+
+    tracked[1] = ("a1", _record("a", 1, True, "u"))
+    sent.clear()
+    monkeypatch.setattr(
+        fst.tracking, "mirror_round", lambda uri, **payload: sent.append(payload) or {"ok": True}
+    )
+    report = sync_points("u", "e", tracked, ["report.md"], "report")
+    assert report["ok"] and [s["tracked"] for s in report["backfilled"]] == ["b0", "b1"]
+    assert attached == [("a", ["report.md"], "report"), ("b", ["report.md"], "report")]
+
+
+def test_a_point_payload_carries_the_test_split_and_the_slow_metrics():
+    evaluation = pd.DataFrame(
+        {
+            "task": ["arithmetic"],
+            "setting": ["prompt:m1"],
+            "metric": ["mean@2"],
+            "value": [0.5],
+            "ci95_low": [0.25],
+            "ci95_high": [0.75],
+        }
+    )
+    test = evaluation.assign(selection="final", after_rounds=2)
+    metrics = point_metrics(evaluation, test, {"loss": 0.5, "steps": [1]})
+    assert metrics == {
+        "arithmetic/prompt:m1/mean@2": 0.5,
+        "arithmetic/prompt:m1/mean@2/ci95_low": 0.25,
+        "arithmetic/prompt:m1/mean@2/ci95_high": 0.75,
+        "test/final/arithmetic/prompt:m1/mean@2": 0.5,
+        "test/final/arithmetic/prompt:m1/mean@2/ci95_low": 0.25,
+        "test/final/arithmetic/prompt:m1/mean@2/ci95_high": 0.75,
+        "test/final/after_rounds": 2.0,
+        "train/loss": 0.5,
+    }
+    payload = point_payload(
+        experiment="e",
+        point=POINT,
+        arm="fst",
+        seed=0,
+        after_rounds=2,
+        point_params={"swept": {"lr": 1}, "config": {"slow": {"lr": 1}}},
+        metrics={},
+        rl_steps=4,
+        rollouts=8,
+        files=[Path("eval.parquet")],
+    )
+    assert payload["run_key"] == {"point": POINT, "arm": "fst", "seed": "0"}
+    assert payload["params"] == {"slow.lr": "1"}
+    assert payload["parent_params"] == {"swept.lr": "1", "slow.lr": "1"}
+    assert payload["extra_steps"] == {"rl_steps": 4, "rollouts": 8}
+    assert payload["artifacts"] == ["eval.parquet"]

@@ -29,7 +29,7 @@ from fst.tracking import (
 KEY = {"point": "default", "arm": "rl", "seed": "0"}
 POINT = {"point": "default"}
 METRICS = {"reward": 0.5, "accuracy": 0.25}
-# What cmd_track sets, so that a stage gives up on a dead tracking server quickly.
+# What set_quick_failure_env sets, so that a stage gives up on a dead tracking server quickly.
 OUTAGE_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 
 
@@ -44,7 +44,7 @@ def uri(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module", autouse=True)
 def quiet_mlflow():
-    """No telemetry (as in cmd_track), and no run URL printed at each run's end by the client."""
+    """No telemetry (as in set_quick_failure_env), and no run URL printed at each run's end by the client."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         mp.setenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

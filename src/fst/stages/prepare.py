@@ -1,0 +1,53 @@
+"""Before the first round: the resolved configuration, the base model, the task data and Φ_0."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fst import artifacts
+from fst.artifacts import Provenance
+
+
+def cmd_config(args) -> None:
+    """Print the resolved configuration (schema defaults under your files), each key with its meaning."""
+    from fst.config import show_config
+
+    print(show_config([Path(f) for f in args.configfile]), end="")
+
+
+def cmd_prepare_model(args) -> None:
+    """Base model stage: the configured source as a plain Hugging Face folder."""
+    from fst.model import prepare_base_model
+
+    prov = Provenance("prepare_model", {}, {"source": args.source, "dtype": args.dtype})
+    with prov.timed("model_load_and_save"):
+        record = prepare_base_model(args.source, args.out, args.dtype)
+    prov.count(parameters=record["parameters"])
+    prov.write(args.provenance, {"model": args.out})
+
+
+def cmd_tasks(args) -> None:
+    """Task stage: one family's (or the user's) problems split into train/val/test."""
+    from fst.data import build_task_data
+
+    sizes = json.loads(args.sizes)
+    prov = Provenance(
+        "tasks",
+        {"data_file": args.data_file} if args.data_file else {},
+        {"task": args.task, "seed": args.seed, "sizes": sizes},
+        seed=args.seed,
+    )
+    frame = build_task_data(args.task, args.seed, sizes, args.data_file)
+    artifacts.write_parquet(frame, args.out)
+    prov.count(**{f"problems_{k}": int(v) for k, v in frame["split"].value_counts().items()})
+    prov.write(args.provenance, {"data": args.out})
+
+
+def cmd_seed_population(args) -> None:
+    """Write Φ_0: the seed system prompt as a one-member population."""
+    from fst.population import save_population, seed_population
+
+    prov = Provenance("seed_population", {}, {"prompt": args.prompt})
+    save_population(seed_population(args.prompt), args.out, 0)
+    prov.write(args.provenance, {"population": args.out})
