@@ -39,7 +39,7 @@ _STAGES = {
     "score": (rollout.cmd_score, "rollouts data out provenance"),
     "slow": (
         slow.cmd_slow,
-        "scored policy_in base_model state_dir round:int settings out metrics provenance",
+        "scored policy_in base_model reference state_dir round:int settings out metrics provenance",
     ),
     "evaluate": (
         evaluation.cmd_evaluate,

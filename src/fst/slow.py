@@ -12,9 +12,10 @@ k3 KL estimate is not clamped. Here is only what TRL does not do for us:
   through a pass-through reward function;
 - keep file order: rows sorted by (group_index, sample_index), so each advantage chunk is exactly one
   stored group, mixed system prompts included, normalised once over the whole group;
-- the KL reference is the base model in every round (`slow.kl_reference: base`, the paper's and verl's
-  choice): TRL would use the round's starting weights (it copies a continued LoRA adapter into a `ref`
-  adapter, and reloads a full model from the folder it came from);
+- the KL reference is the run's starting weights in every round (`slow.kl_reference: base`, the paper's
+  and verl's choice): the base model, or for a plasticity run the phase-A checkpoint it starts from (a
+  fresh RL run's reference is its initial model). TRL would use the round's starting weights (it copies
+  a continued LoRA adapter into a `ref` adapter, and reloads a full model from the folder it came from);
 - zero-variance groups (all rewards equal: no signal) are dropped from the loss, its normaliser and
   the KL term, without refill (`slow.zero_variance_groups: drop`): TRL keeps them in the batch, so the
   effective learning rate would move with the share of dead groups. A step whose groups are all dead
@@ -490,8 +491,9 @@ def weights_dtype(runtime: Runtime, lora: bool) -> str:
     return "float32" if runtime.dtype == "bfloat16" and not lora else runtime.dtype
 
 
-def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig, runtime: Runtime):
-    """(model, peft_config for TRL or None). A LoRA policy continues its adapter; round 0 gets a new one."""
+def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig, runtime: Runtime, reference: Path):
+    """(model, peft_config for TRL or None). A LoRA policy continues its adapter; round 0 gets a new one.
+    `reference`: the run's starting weights, the KL reference of `slow.kl_reference: base`."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -510,8 +512,8 @@ def _load_model(policy_in: Path, base_model_dir: Path, cfg: SlowConfig, runtime:
     model = AutoModelForCausalLM.from_pretrained(policy_in, dtype=dtype)
     if cfg.beta and cfg.kl_reference == "base":
         # TRL builds a full fine-tune's KL reference from the folder in config._name_or_path (the
-        # folder the policy was loaded from, θ_c): point it at the base model instead.
-        model.config._name_or_path = str(base_model_dir)
+        # folder the policy was loaded from, θ_c): point it at the run's starting weights instead.
+        model.config._name_or_path = str(reference)
     return model, cfg.lora.to_peft() if cfg.lora.enabled else None
 
 
@@ -519,13 +521,21 @@ def lora_model(model) -> bool:
     return hasattr(model, "peft_config")
 
 
-def _kl_reference_to_base(model, cfg: SlowConfig) -> None:
-    """LoRA: with no `ref` adapter TRL computes the reference with adapters disabled, i.e. the base.
+def _kl_reference_to_start(model, cfg: SlowConfig, reference: Path | None) -> None:
+    """LoRA: the KL reference becomes the run's starting weights, `reference` (None: the base model).
 
-    TRL adds `ref` (a frozen copy of the continued adapter, θ_c) whenever it is given a PeftModel.
+    TRL adds `ref` (a frozen copy of the continued adapter, θ_c) whenever it is given a PeftModel, and
+    computes the reference under `ref` if there is one, else with adapters disabled (the base). So: no
+    `ref` for a run that started from the base; `ref` loaded from the starting adapter for a run that
+    started from one (a plasticity run from a phase-A LoRA checkpoint).
     """
-    if cfg.kl_reference == "base" and _REF_ADAPTER in getattr(model, "peft_config", {}):
+    if cfg.kl_reference != "base" or not lora_model(model):
+        return
+    if _REF_ADAPTER in model.peft_config:
         model.delete_adapter(_REF_ADAPTER)
+    if cfg.beta and reference is not None:
+        model.load_adapter(str(reference), adapter_name=_REF_ADAPTER, is_trainable=False)
+        model.set_adapter("default")
 
 
 def process_count() -> int:
@@ -682,11 +692,13 @@ def importance_correction_on(cfg: SlowConfig, rows: pd.DataFrame) -> bool:
 
 
 def build_trainer(
-    model, peft_config, rows: pd.DataFrame, args, cfg: SlowConfig, tokenizer, processes: int = 1, callbacks=()
+    model, peft_config, rows: pd.DataFrame, args, cfg: SlowConfig, tokenizer, processes: int = 1,
+    callbacks=(), reference_adapter: Path | None = None,
 ):
     """The stage's trainer on one round's stored rows: TRL's GRPOTrainer with our step batching, the
     stored rollouts and rewards served, the importance correction as configured, the KL reference the
-    base model (`slow.kl_reference: base`), one log line per step. `args` from `grpo_args`."""
+    run's starting weights (`slow.kl_reference: base`: the base model, or `reference_adapter` for a LoRA
+    run that started from an adapter), one log line per step. `args` from `grpo_args`."""
     from transformers import PrinterCallback
 
     trainer_cls, step_log = _trainer_class()
@@ -705,7 +717,7 @@ def build_trainer(
         )
     trainer.fst_config = cfg
     trainer.fst_importance_correction = importance_correction_on(cfg, rows)
-    _kl_reference_to_base(trainer.accelerator.unwrap_model(trainer.model), cfg)
+    _kl_reference_to_start(trainer.accelerator.unwrap_model(trainer.model), cfg, reference_adapter)
     trainer.remove_callback(PrinterCallback)  # no dict per step on stdout: StepLog writes the log line
     return trainer
 
@@ -718,8 +730,12 @@ def run_slow_update(
     state_dir: Path,
     round_index: int,
     cfg: SlowConfig,
+    reference: Path | None = None,
 ) -> dict:
     """Train θ_c → θ_{c+1} on the round's stored rollouts; return TRL's metrics for the round.
+
+    `reference`: the run's starting weights, its KL reference (None: the base model); a plasticity run's
+    phase-A checkpoint.
 
     Resumes optimizer, scheduler and RNG from state_dir/checkpoint-{round_index·T} (written by the
     previous round), so a rerun of the same round starts from the same state and gives the same result.
@@ -744,8 +760,11 @@ def run_slow_update(
         _prune_checkpoints(state_dir, keep={start})  # a later checkpoint is stale from an earlier run
     state.wait_for_everyone()
 
-    model, peft_config = _load_model(Path(policy_in), Path(base_model_dir), cfg, slow_runtime(cfg))
-    trainer = build_trainer(model, peft_config, rows, args, cfg, load_tokenizer(Path(policy_in)), processes)
+    reference = Path(reference or base_model_dir)
+    model, peft_config = _load_model(Path(policy_in), Path(base_model_dir), cfg, slow_runtime(cfg), reference)
+    adapter = reference if policy_kind(reference) == "lora" else None
+    trainer = build_trainer(model, peft_config, rows, args, cfg, load_tokenizer(Path(policy_in)), processes,
+                            reference_adapter=adapter)
     log.info(
         "slow round %d: steps %d..%d on %d rollouts in %d process(es)",
         round_index,

@@ -115,7 +115,7 @@ def rows(tiny_model_dir) -> pd.DataFrame:
 
 
 def _run_recorded(scored: Path, policy_in: Path, base: Path, out: Path, state: Path, round_index: int,
-                  cfg: SlowConfig) -> dict:
+                  cfg: SlowConfig, reference: Path | None = None) -> dict:
     """run_slow_update, recording the trainer, TRL's generation batch, and each step's inputs, loss
     and per-token log-probs (the forward pass that takes gradients)."""
     from trl import GRPOTrainer
@@ -144,7 +144,7 @@ def _run_recorded(scored: Path, policy_in: Path, base: Path, out: Path, state: P
         mp.setattr(GRPOTrainer, "_generate_and_score_completions", record_batch)
         mp.setattr(GRPOTrainer, "_compute_loss", record_step)
         mp.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", record_logps)
-        record["metrics"] = run_slow_update(scored, policy_in, base, out, state, round_index, cfg)
+        record["metrics"] = run_slow_update(scored, policy_in, base, out, state, round_index, cfg, reference)
     return record
 
 
@@ -401,6 +401,25 @@ def test_kl_reference_is_the_base_model_in_later_rounds_full(rows, tmp_path, tin
     expected = _kl_to_base_of_first_step(tmp_path / "policy-1", tiny_model_dir, rows, cfg)
     assert expected > 1e-6
     assert record["metrics"]["steps"][0]["kl"] == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_a_run_that_starts_from_a_checkpoint_keeps_it_as_kl_reference(rows, tmp_path, tiny_model_dir, lora):
+    """A plasticity run: a fresh RL run (round 0, new optimizer) from a phase-A checkpoint. Its round 1
+    KL is taken against that checkpoint (its starting weights), not against the base model."""
+    cfg = CFG if lora else replace(CFG, lora=replace(LORA, enabled=False), learning_rate=1e-3)
+    start = tmp_path / "phase-a"
+    _run_recorded(_write(rows, tmp_path / "a.parquet"), tiny_model_dir, tiny_model_dir, start,
+                  tmp_path / "a-state", 0, cfg)
+    _run_recorded(_write(rows, tmp_path / "b0.parquet"), start, tiny_model_dir, tmp_path / "b-1",
+                  tmp_path / "b-state", 0, cfg, reference=start)
+    record = _run_recorded(_write(rows, tmp_path / "b1.parquet", round_index=1), tmp_path / "b-1",
+                           tiny_model_dir, tmp_path / "b-2", tmp_path / "b-state", 1, cfg, reference=start)
+    expected = _kl_to_base_of_first_step(tmp_path / "b-1", start, rows, cfg)
+    to_base = _kl_to_base_of_first_step(tmp_path / "b-1", tiny_model_dir, rows, cfg)
+    assert expected > 1e-6 and abs(expected - to_base) > 0.05 * to_base  # the two references differ
+    assert record["metrics"]["steps"][0]["kl"] == pytest.approx(expected, rel=1e-3)
+    assert not (tmp_path / "b-2" / "ref").exists()  # only the trained adapter is saved, not the reference
 
 
 def test_kl_reference_round_start_is_an_explicit_choice(round0, rows, tmp_path, tiny_model_dir):

@@ -335,3 +335,31 @@ def test_continual_runs_switch_task_and_evaluate_every_task_every_round(tmp_path
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results/mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert {r.info.run_name for r in runs} >= {"continual-rl-seed0", "continual-gepa-seed0"}
+
+
+@pytest.mark.slow
+def test_a_proposer_sweep_runs_each_fast_arm_beside_its_blind_twin(tmp_path, tiny_model_dir):
+    config = tiny_config(
+        tiny_model_dir,
+        arms=["gepa"],
+        rounds=1,
+        sweep={"fast.proposer": ["reflective", "blind"]},
+        fast={"budget": 4, "population_size": 2, "anchors": 2, "pareto_problems": 2},
+        reflection={"max_tokens": 16},
+    )
+    result = snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    experiment = tmp_path / "results/tiny"
+    for proposer in ("reflective", "blind"):
+        stats = json.loads(
+            (experiment / f"fast.proposer~{proposer}/gepa/seed0/round0/fast_report.json").read_text()
+        )["stats"]
+        assert stats["proposer"] == proposer
+        assert (stats["task_description"] is not None) == (proposer == "blind")
+    table = pd.read_parquet(experiment / "report/tables/proposers.parquet")
+    assert sorted(zip(table["arm"], table["after_rounds"], strict=True)) == [("gepa", 0), ("gepa", 1)]
+    start = table.set_index("after_rounds").loc[0]
+    assert start["difference"] == 0.0  # before any GEPA round both twins are the seed prompt, same draws
+    text = (experiment / "report/report.md").read_text()
+    assert "## Does the feedback matter?" in text
+    assert (experiment / "report/figures/reflective_vs_blind.png").stat().st_size > 0

@@ -81,6 +81,8 @@ rule slow:
         scored=f"{ROUND}/scored.parquet",
         policy=lambda w: policy_before(w.arm, w.round),
         base_model=f"{EXP_DIR}/base_model",
+        # the KL reference (slow.kl_reference: base): the run's starting weights
+        reference=lambda w: policy_before(w.arm, 0),
     output:
         policy=directory(f"{ROUND}/policy"),
         metrics=f"{ROUND}/slow_metrics.json",
@@ -105,5 +107,5 @@ rule slow:
         GPU_ENV
     shell:
         "{params.launcher} slow --scored {input.scored} --policy-in {input.policy} "
-        "--base-model {input.base_model} --state-dir {params.state_dir} --round {wildcards.round} --settings {params.settings:q} "
+        "--base-model {input.base_model} --reference {input.reference} --state-dir {params.state_dir} --round {wildcards.round} --settings {params.settings:q} "
         "--out {output.policy} --metrics {output.metrics} --provenance {output.provenance} 2> {log}"

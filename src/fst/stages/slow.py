@@ -40,6 +40,8 @@ def cmd_slow(args) -> None:
     cfg = json.loads(args.settings)
     rank = process_rank(cfg["gpus"])
     inputs = {"scored": args.scored, "policy_in": args.policy_in, "base_model": args.base_model}
+    if Path(args.reference).resolve() != Path(args.base_model).resolve():  # a plasticity run's start
+        inputs["kl_reference"] = args.reference
     # only the first process writes the provenance: the others skip hashing the inputs
     prov = Provenance("slow", inputs if rank == 0 else {}, cfg, seed=cfg.get("seed"))
     with prov.timed("imports"):
@@ -69,6 +71,7 @@ def cmd_slow(args) -> None:
             Path(args.state_dir),
             args.round,
             settings,
+            Path(args.reference),
         )
     if rank != 0:  # the first process writes the round's files; the others only trained
         return
