@@ -136,7 +136,9 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"directory you run snakemake from). Fix the path or set tasks.data_file: null."
         )
     if data_file:
-        _check_data_file(data_file, source)
+        from fst.kinds.tasks import check_data_file
+
+        check_data_file(data_file, "tasks.data_file", source, cfg)
     train = cfg["tasks"]["train"]
     if not data_file and train in cfg["tasks"]["ood"]:
         raise ConfigError(
@@ -217,16 +219,6 @@ def _check_kinds(cfg: dict, source: str) -> None:
         plasticity.check(cfg, source)
     if "continual" in cfg["kinds"]:
         continual.check(cfg, source)
-
-
-def _check_data_file(data_file: str, source: str) -> None:
-    """Read the user's problems once now, so a malformed row stops the run before any job."""
-    from fst.tasks import load_user_problems
-
-    try:
-        load_user_problems(data_file)
-    except ValueError as error:
-        raise ConfigError(f"{source}: tasks.data_file: {error}") from None
 
 
 def problems_per_round(cfg: dict) -> int:

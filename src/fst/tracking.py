@@ -101,10 +101,13 @@ def set_quick_failure_env() -> None:
 
 
 def evaluation_metrics(table, prefix: str = "") -> dict[str, float]:
-    """MLflow metrics of an evaluation table: each value, and its 95% interval where it has one."""
+    """MLflow metrics of an evaluation table: each value, and its 95% interval where it has one.
+
+    Named `<task>/<metric>` (unique in an evaluation table), not by the prompt's member id: the arm's
+    prompt changes from round to round, and its curve must stay one metric."""
     metrics = {}
     for row in table.itertuples():
-        name = f"{prefix}{row.task}/{row.setting}/{row.metric}"
+        name = f"{prefix}{row.task}/{row.metric}"
         metrics[name] = float(row.value)
         for bound in ("ci95_low", "ci95_high"):
             value = getattr(row, bound, float("nan"))

@@ -246,7 +246,7 @@ def test_missing_data_file_is_named(shipped, tmp_path):
 
 def test_existing_data_file_is_accepted_and_replaces_train(shipped, tmp_path):
     data = tmp_path / "problems.jsonl"
-    data.write_text('{"question": "1+1?", "answer": "2"}\n')
+    data.write_text("".join(f'{{"question": "{i}+1?", "answer": "{i + 1}"}}\n' for i in range(80)))
     shipped["tasks"]["data_file"] = str(data)
     # with a data file, tasks.train is ignored, so listing it in ood is no conflict
     shipped["tasks"]["ood"] = [shipped["tasks"]["train"]]

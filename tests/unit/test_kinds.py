@@ -45,11 +45,19 @@ def test_the_default_experiment_is_the_main_runs_alone():
 def test_plasticity_starts_plain_rl_from_the_base_and_each_weight_training_arm():
     made = runs(_resolved(kinds=["plasticity"], plasticity={"task": "claims", "rounds": 4}))
     phase_b = {name: run for name, run in made.items() if run.kind == "plasticity"}
-    assert set(made) - set(phase_b) == {"fst", "rl", "gepa"}  # phase A runs, to start from
+    assert set(made) - set(phase_b) == {"fst", "rl"}  # phase A runs, to start from
     assert {name: run.init for name, run in phase_b.items()} == {
         "plasticity-from-base": None, "plasticity-from-fst": "fst", "plasticity-from-rl": "rl"}
     assert {run.arm for run in phase_b.values()} == {"rl"}
     assert all(run.rounds == 4 and run.task(3) == "claims" for run in phase_b.values())
+    # each starts from its phase-A run's final weights: the output of that run's last round
+    assert {run.init_round for run in phase_b.values()} == {None, 2}  # rounds: 3 (the default)
+    assert not any(run.runs_gepa(r, 1, True) for run in phase_b.values() for r in range(5))
+
+
+def test_plasticity_alone_runs_only_the_phase_a_arms_it_starts_from():
+    made = runs(_resolved(kinds=["plasticity"], plasticity={"task": "claims"}))
+    assert [name for name, run in made.items() if run.kind == "main"] == ["fst", "rl"]
 
 
 def test_a_continual_run_switches_task_every_n_rounds_and_evaluates_every_task():
@@ -63,6 +71,24 @@ def test_a_continual_run_switches_task_every_n_rounds_and_evaluates_every_task()
     # after k rounds the current task is the last trained round's; every other task is scored too
     assert [run.task_after(k) for k in range(7)] == ["arithmetic"] * 3 + ["code_output"] * 2 + ["claims"] * 2
     assert run.other_tasks(2) == ["code_output", "claims"] and run.other_tasks(3) == ["arithmetic", "claims"]
+
+
+def test_gepa_rounds_follow_the_task_a_new_stage_starts_a_search_and_its_rounds_continue_it():
+    cfg = _resolved(kinds=["continual"], arms=["fst", "gepa"],
+                    continual={"schedule": ["arithmetic", "claims"], "rounds_per_stage": 4})
+    fst, gepa = runs(cfg)["continual-fst"], runs(cfg)["continual-gepa"]
+    # fast.every 2: every other round of each stage, the first of a stage included
+    assert [fst.runs_gepa(r, 2, False) for r in range(8)] == [True, False, True, False] * 2
+    continued = [gepa.continues_gepa(r, 1, False) for r in range(8)]
+    assert continued == [False, True, True, True] * 2  # the switch after round 3 starts afresh
+    assert not any(fst.continues_gepa(r, 2, False) for r in range(8))  # a weights update in between
+
+
+def test_only_a_main_rl_run_has_the_post_hoc_gepa_round():
+    cfg = _resolved(kinds=["main", "continual"], continual={"schedule": ["arithmetic", "claims"]})
+    made = runs(cfg)
+    assert made["rl"].runs_gepa(3, 1, True) and not made["rl"].runs_gepa(3, 1, False)
+    assert not made["continual-rl"].runs_gepa(made["continual-rl"].rounds, 1, True)
 
 
 def test_data_files_are_stages_with_task_names_of_their_own(tmp_path):
@@ -82,7 +108,7 @@ def test_data_files_are_stages_with_task_names_of_their_own(tmp_path):
         ({"continual": {"schedule": ["arithmetic", "missing.jsonl"]}},
          "data file 'missing.jsonl' does not exist"),
         ({"continual": {"schedule": ["arithmetic"], "rounds_per_stage": 0}}, "rounds_per_stage"),
-        ({"continual": {"schedule": ["arithmetic", ""]}}, r"schedule"),
+        ({"continual": {"schedule": ["arithmetic", ""]}}, r"continual.schedule.1.*(short|empty|minLength)"),
     ],
 )
 def test_a_bad_schedule_is_refused_before_any_job(changes, expected):
@@ -94,6 +120,21 @@ def test_a_plasticity_task_equal_to_phase_a_is_refused_with_the_reason():
     message = _error(kinds=["main", "plasticity"], plasticity={"task": "arithmetic"})
     assert "plasticity.task 'arithmetic' is the task phase A trains on" in message
     assert "Pick another task" in message
+
+
+def test_a_data_file_too_short_for_the_splits_is_refused_before_any_job(tmp_path):
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(f'{{"question": "{i} + 1?", "answer": "{i + 1}"}}\n' for i in range(10)))
+    message = _error(kinds=["continual"], continual={"schedule": ["arithmetic", str(short)]})
+    assert "continual.schedule[1]" in message and "10 problems" in message and "tasks.sizes.val" in message
+
+
+def test_a_plasticity_task_that_is_phase_as_data_file_spelt_otherwise_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _user_file(tmp_path, "mine")
+    message = _error(kinds=["plasticity"], tasks={"data_file": "mine.jsonl"},
+                     plasticity={"task": "./mine.jsonl"})
+    assert "is the task phase A trains on" in message
 
 
 def test_plasticity_needs_a_task_and_an_arm_that_trains_weights():

@@ -135,7 +135,7 @@ def test_track_survives_a_dead_server_and_sync_backfills_from_the_files(tmp_path
         runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id])
         (parent,) = [r for r in runs if r.data.tags.get("fst.role") == "point"]
         (child,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        history = client.get_metric_history(child.info.run_id, "arithmetic/prompt:seed/mean_at_2")
+        history = client.get_metric_history(child.info.run_id, "arithmetic/mean_at_2")
         assert sorted((m.step, m.value) for m in history) == pytest.approx([(0, 0.1), (1, 0.2)])
         assert parent.data.params["swept.slow.learning_rate"] == "0.001"
         assert [Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "report")] == [
@@ -144,7 +144,7 @@ def test_track_survives_a_dead_server_and_sync_backfills_from_the_files(tmp_path
 
         again = _sync(results, tracked, report, server.uri, tmp_path / "sync2.json")
         assert again["ok"] and all(s["logged_metrics"] == 0 for s in again["backfilled"])
-        assert len(client.get_metric_history(child.info.run_id, "arithmetic/prompt:seed/mean_at_2")) == 2
+        assert len(client.get_metric_history(child.info.run_id, "arithmetic/mean_at_2")) == 2
     finally:
         server.stop()
 
@@ -209,12 +209,12 @@ def test_a_point_payload_carries_the_test_split_and_the_slow_metrics():
     test = evaluation.assign(selection="final", after_rounds=2)
     metrics = point_metrics(evaluation, test, {"loss": 0.5, "steps": [1]})
     assert metrics == {
-        "arithmetic/prompt:m1/mean@2": 0.5,
-        "arithmetic/prompt:m1/mean@2/ci95_low": 0.25,
-        "arithmetic/prompt:m1/mean@2/ci95_high": 0.75,
-        "test/final/arithmetic/prompt:m1/mean@2": 0.5,
-        "test/final/arithmetic/prompt:m1/mean@2/ci95_low": 0.25,
-        "test/final/arithmetic/prompt:m1/mean@2/ci95_high": 0.75,
+        "arithmetic/mean@2": 0.5,
+        "arithmetic/mean@2/ci95_low": 0.25,
+        "arithmetic/mean@2/ci95_high": 0.75,
+        "test/final/arithmetic/mean@2": 0.5,
+        "test/final/arithmetic/mean@2/ci95_low": 0.25,
+        "test/final/arithmetic/mean@2/ci95_high": 0.75,
         "test/final/after_rounds": 2.0,
         "train/loss": 0.5,
     }

@@ -135,7 +135,7 @@ def _assert_mirrored_to_mlflow(workdir: Path, rounds: int) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'results/mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     (run,) = client.search_runs([experiment.experiment_id], "tags.`fst.arm` = 'rl'")
-    history = client.get_metric_history(run.info.run_id, "arithmetic/prompt:seed/mean_at_1")
+    history = client.get_metric_history(run.info.run_id, "arithmetic/mean_at_1")
     assert sorted(m.step for m in history) == list(range(rounds + 1))
     assert run.data.params["slow.steps_per_round"] == "2"
 
@@ -273,11 +273,17 @@ def test_plasticity_trains_plain_rl_on_the_new_task_from_the_base_and_each_phase
     assert from_rl["inputs"]["policy"]["path"].endswith("rl/seed0/round0/policy")
     assert from_rl["inputs"]["data"]["path"].endswith("data/claims.parquet")
     from_base = json.loads((run / "plasticity-from-base/seed0/round0/provenance/slow.json").read_text())
+    from_rl_slow = json.loads((run / "plasticity-from-rl/seed0/round1/provenance/slow.json").read_text())
     assert from_base["inputs"]["policy_in"]["path"].endswith("base_model")
     population = json.loads((run / "plasticity-from-rl/seed0/round0/population.json").read_text())
     seed_prompt = json.loads((run / "population_seed.json").read_text())
     assert [m["text"] for m in population["members"]] == [m["text"] for m in seed_prompt["members"]]
-    assert not (run / "plasticity-from-rl/seed0/trainer_state").samefile(run / "rl/seed0/trainer_state")
+    # a fresh optimizer: phase B's first round starts at step 0 (phase A's state would resume at step 2)
+    metrics = json.loads((run / "plasticity-from-rl/seed0/round0/slow_metrics.json").read_text())
+    assert metrics["global_step"] == 2
+    # its KL reference is its starting weights, phase A's checkpoint (the control's is the base model)
+    assert from_rl_slow["inputs"]["kl_reference"]["path"].endswith("rl/seed0/round0/policy")
+    assert "kl_reference" not in from_base["inputs"]
     evaluation = pd.read_parquet(run / "plasticity-from-rl/seed0/eval/after1/eval.parquet")
     assert set(evaluation.loc[evaluation["metric"] == "mean@1", "task"]) == {"claims"}
     table = pd.read_parquet(tmp_path / "results/tiny/report/tables/plasticity.parquet").set_index("init")
@@ -324,7 +330,12 @@ def test_continual_runs_switch_task_and_evaluate_every_task_every_round(tmp_path
     stages = pd.read_parquet(tmp_path / "results/tiny/report/tables/continual_stages.parquet")
     assert sorted(zip(stages["stage"], stages["task"], stages["arm"], strict=True)) == [
         (0, "arithmetic", "gepa"), (0, "arithmetic", "rl"), (1, "claims", "gepa"), (1, "claims", "rl")]
-    assert (stages.groupby("stage")["normalised_peak"].max().dropna() == 1.0).all()
+    # normalised to the best peak of the stage: NaN with a note where no arm rose above 0
+    best = stages.groupby("stage")["peak"].transform("max")
+    scored = best > 0
+    assert (stages.loc[scored, "normalised_peak"] == stages.loc[scored, "peak"] / best[scored]).all()
+    assert stages.loc[~scored, "normalised_peak"].isna().all()
+    assert stages.loc[~scored, "note"].str.len().gt(0).all()
     text = (tmp_path / "results/tiny/report/report.md").read_text()
     assert "## Continual learning" in text and "## Sample efficiency" not in text
     summary = pd.read_parquet(tmp_path / "results/tiny/summary_continual.parquet")

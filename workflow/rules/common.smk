@@ -132,29 +132,20 @@ def eval_data(name):
 
 
 def gepa_round(cfg, run, round_index):
-    """Whether round `round_index` of `run` runs GEPA (else its fast stage passes Φ through).
-
-    Main arm rl's round `rounds` (one past its last) is the optional post-hoc GEPA round on its final
-    checkpoint (RL→GEPA): only its fast stage runs.
-    """
-    round_index, spec = int(round_index), RUNS[run]
-    post_hoc = (spec.kind == "main" and spec.arm == "rl" and round_index == config["rounds"]
-                and cfg["report"]["post_hoc_gepa"])
-    return spec.arm == "gepa" or post_hoc or (spec.arm == "fst" and round_index % cfg["fast"]["every"] == 0)
+    """Whether round `round_index` of `run` runs GEPA (fst.kinds.Run.runs_gepa)."""
+    return RUNS[run].runs_gepa(round_index, cfg["fast"]["every"], cfg["report"]["post_hoc_gepa"])
 
 
 def previous_gepa_option(wildcards):
-    """`--previous-gepa-dir` naming the previous round's GEPA folder, when both rounds run GEPA.
+    """`--previous-gepa-dir` naming the previous round's GEPA folder, when both rounds run GEPA on one task.
 
     The fast stage continues that search when the weights and settings are unchanged (arm gepa),
     else starts afresh. A param, not an input: GEPA folders are working state outside the rules'
     outputs, and the previous round's population (an input) already orders the two jobs.
     """
     r, cfg = int(wildcards.round), point_config(wildcards)
-    if r == 0 or not (gepa_round(cfg, wildcards.arm, r) and gepa_round(cfg, wildcards.arm, r - 1)):
+    if not RUNS[wildcards.arm].continues_gepa(r, cfg["fast"]["every"], cfg["report"]["post_hoc_gepa"]):
         return ""
-    if RUNS[wildcards.arm].task(r) != RUNS[wildcards.arm].task(r - 1):
-        return ""  # a new task of a schedule: a fresh search on its problems
     run = RUN.format(point=wildcards.point, arm=wildcards.arm, seed=wildcards.seed)
     return f"--previous-gepa-dir {run}/gepa_state/round{r - 1}"
 
@@ -165,7 +156,7 @@ def policy_before(run, round_index):
     slow output."""
     round_index, spec = int(round_index), RUNS[run]
     if round_index == 0 and spec.init is not None:
-        return f"{RUN}/round{RUNS[spec.init].rounds - 1}/policy".replace("{arm}", spec.init)
+        return f"{RUN}/round{spec.init_round}/policy".replace("{arm}", spec.init)
     if round_index == 0 or not spec.trains_weights:
         return f"{EXP_DIR}/base_model"
     return f"{round_dir(round_index - 1)}/policy"

@@ -27,6 +27,7 @@ class Run:
     stages: tuple[str, ...]  # the task trained on in each stage, in order
     rounds_per_stage: int
     init: str | None = None  # the main-run arm whose final weights it starts from; None: the base model
+    init_round: int | None = None  # the round of `init` whose output (its final weights) it starts from
 
     @property
     def rounds(self) -> int:
@@ -45,6 +46,24 @@ class Run:
         """The current task after k rounds: the last trained round's (round 0's at k = 0)."""
         return self.task(max(int(k) - 1, 0))
 
+    def runs_gepa(self, round_index: int, every: int, post_hoc: bool) -> bool:
+        """Whether round `round_index` runs a GEPA round (else its fast stage passes Φ through): arm gepa
+        every round; arm fst every `every` rounds of each stage, so a new task starts with one; a main
+        rl run's round `rounds` (one past its last) when post-hoc GEPA on its final weights is asked."""
+        round_index = int(round_index)
+        if self.arm == "gepa":
+            return True
+        if self.arm == "fst":
+            return round_index % self.rounds_per_stage % every == 0
+        return post_hoc and self.kind == "main" and round_index == self.rounds
+
+    def continues_gepa(self, round_index: int, every: int, post_hoc: bool) -> bool:
+        """Whether round `round_index`'s GEPA round may continue the previous round's search: both run
+        GEPA on the same task (the fast stage still checks weights, settings and Pareto set)."""
+        r = int(round_index)
+        return (r > 0 and self.runs_gepa(r, every, post_hoc) and self.runs_gepa(r - 1, every, post_hoc)
+                and self.task(r) == self.task(r - 1))
+
     def other_tasks(self, k: int) -> list[str]:
         """The schedule's tasks an evaluation scores besides the current one (continual: forgetting)."""
         current = self.task_after(k)
@@ -60,8 +79,10 @@ def runs(cfg: dict) -> dict[str, Run]:
     from fst.kinds import continual, plasticity
 
     made = []
-    if "main" in cfg["kinds"] or "plasticity" in cfg["kinds"]:  # phase A is the main runs
-        made += [Run(arm, "main", arm, (main_task(cfg),), cfg["rounds"]) for arm in cfg["arms"]]
+    main_arms = cfg["arms"] if "main" in cfg["kinds"] else []
+    if "plasticity" in cfg["kinds"]:  # phase A: the main runs of the arms that train weights
+        main_arms = [arm for arm in cfg["arms"] if arm in main_arms or arm != "gepa"]
+    made += [Run(arm, "main", arm, (main_task(cfg),), cfg["rounds"]) for arm in main_arms]
     if "plasticity" in cfg["kinds"]:
         made += plasticity.runs(cfg)
     if "continual" in cfg["kinds"]:

@@ -33,7 +33,7 @@ def check(cfg: dict, source: str) -> None:
             f"e.g. continual.schedule: [arithmetic, code_output, claims]."
         )
     for index, entry in enumerate(entries):
-        check_entry(entry, f"continual.schedule[{index}]", source)
+        check_entry(entry, f"continual.schedule[{index}]", source, cfg)
     if len(set(entries)) == 1:
         raise ConfigError(
             f"{source}: continual.schedule has one task only ('{entries[0]}'): there is no switch to learn "

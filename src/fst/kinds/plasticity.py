@@ -22,7 +22,7 @@ def runs(cfg: dict) -> list:
     task = task_name(cfg, cfg["plasticity"]["task"])
     return [
         Run(f"{PREFIX}{init}", "plasticity", "rl", (task,), cfg["plasticity"]["rounds"],
-            None if init == BASE else init)
+            *((None, None) if init == BASE else (init, cfg["rounds"] - 1)))
         for init in inits(cfg)
     ]
 
@@ -38,8 +38,8 @@ def check(cfg: dict, source: str) -> None:
             f"{source}: kinds lists 'plasticity' but plasticity.task is not set: name the phase-B task, a "
             f"built-in family (arithmetic, code_output, claims) or a data file, e.g. plasticity.task: claims."
         )
-    check_entry(task, "plasticity.task", source)
-    if task_name(cfg, task) == main_task(cfg) or task == cfg["tasks"]["data_file"]:
+    check_entry(task, "plasticity.task", source, cfg)
+    if task_name(cfg, task) == main_task(cfg):
         raise ConfigError(
             f"{source}: plasticity.task '{task}' is the task phase A trains on (tasks.train / "
             f"tasks.data_file): phase B must be a new task, or it measures more training, not plasticity. "

@@ -12,13 +12,18 @@ def is_file_entry(entry: str) -> bool:
     return entry not in TASK_NAMES and Path(entry).suffix in (".jsonl", ".parquet")
 
 
+def same_file(a: str, b: str) -> bool:
+    """Two spellings of one data file (./x.jsonl, x.jsonl)."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def task_files(cfg: dict) -> dict[str, str]:
     """{task name: the user data file it is built from}: "user" for tasks.data_file, then "user_<n>" for
     each other file of plasticity.task and continual.schedule, in order of first appearance."""
     files = {"user": cfg["tasks"]["data_file"]} if cfg["tasks"]["data_file"] else {}
     entries = [cfg["plasticity"]["task"] or "", *cfg["continual"]["schedule"]]
     for entry in filter(is_file_entry, entries):
-        if entry not in files.values():
+        if not any(same_file(entry, known) for known in files.values()):
             files[f"user_{sum(name != 'user' for name in files) + 1}"] = entry
     return files
 
@@ -27,13 +32,12 @@ def task_name(cfg: dict, entry: str) -> str:
     """The task name of a config entry: a built-in family's own, a data file's from task_files."""
     if not is_file_entry(entry):
         return entry
-    return next(name for name, path in task_files(cfg).items() if path == entry)
+    return next(name for name, path in task_files(cfg).items() if same_file(path, entry))
 
 
-def check_entry(entry: str, key: str, source: str) -> None:
+def check_entry(entry: str, key: str, source: str, cfg: dict) -> None:
     """A task entry is a built-in family or an existing, well-formed data file."""
     from fst.config import ConfigError
-    from fst.tasks import load_user_problems
 
     if entry in TASK_NAMES:
         return
@@ -47,7 +51,18 @@ def check_entry(entry: str, key: str, source: str) -> None:
             f"{source}: {key}: data file '{entry}' does not exist (paths are relative to the directory you "
             f"run snakemake from). Fix the path."
         )
+    check_data_file(entry, key, source, cfg)
+
+
+def check_data_file(path: str, key: str, source: str, cfg: dict) -> None:
+    """Read the user's problems once now and split them as the tasks stage will, so that a malformed
+    row, or a file too short for tasks.sizes, stops the run before any job."""
+    from fst.config import ConfigError
+    from fst.data import split_user_problems
+    from fst.tasks import load_user_problems
+
     try:
-        load_user_problems(entry, "user_check")
+        problems = load_user_problems(path, "user_check")
+        split_user_problems(problems, cfg["tasks"]["seed"], cfg["tasks"]["sizes"], path)
     except ValueError as error:
         raise ConfigError(f"{source}: {key}: {error}") from None
