@@ -131,6 +131,12 @@ def eval_data(name):
     return files
 
 
+def evaluation_runtime(wildcards, attempt):
+    """Minutes of an evaluation job: 60 per task it scores (a continual run scores its whole schedule),
+    growing with the attempt like the profile's other limits."""
+    return 60 * attempt * (1 + len(RUNS[wildcards.arm].other_tasks(wildcards.k)))
+
+
 def gepa_round(cfg, run, round_index):
     """Whether round `round_index` of `run` runs GEPA (fst.kinds.Run.runs_gepa)."""
     return RUNS[run].runs_gepa(round_index, cfg["fast"]["every"], cfg["report"]["post_hoc_gepa"])

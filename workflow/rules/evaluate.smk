@@ -20,6 +20,8 @@ rule evaluate:
         f"{AFTER}/evaluate.log",
     benchmark:
         f"{AFTER}/benchmark.tsv"
+    resources:
+        runtime=evaluation_runtime,
     params:
         settings=lambda w: as_json(evaluate_settings(w)),
     message:

@@ -423,7 +423,7 @@ def posthoc_table(summary: pd.DataFrame, metric: str, posthoc: pd.DataFrame) -> 
     return pd.DataFrame(records)
 
 
-def _problem_means(scores: pd.DataFrame, keys: list[str]) -> dict:
+def problem_means(scores: pd.DataFrame, keys: list[str]) -> dict:
     """{key values: per-problem score averaged over seeds (a Series indexed by task, problem_id)}."""
     means = scores.groupby([*keys, "task", "problem_id"])["score"].mean()
     return {key: group.droplevel(list(range(len(keys)))) for key, group in means.groupby(level=keys)}
@@ -433,7 +433,7 @@ def problem_intervals(scores: pd.DataFrame, bootstrap: Bootstrap) -> pd.DataFram
     """Per (point, arm, after_rounds): the 95% bootstrap interval over problems of the validation mean
     (per-problem scores averaged over seeds first), the interval a single seed's curve has."""
     records = []
-    for (point, arm, after), values in _problem_means(scores, ["point", "arm", "after_rounds"]).items():
+    for (point, arm, after), values in problem_means(scores, ["point", "arm", "after_rounds"]).items():
         low, high = bootstrap_interval(values.to_numpy(), bootstrap)
         records.append({"point": point, "arm": arm, "after_rounds": after,
                         "problems_ci95_low": low, "problems_ci95_high": high})
@@ -463,7 +463,7 @@ def paired_difference(a: pd.Series, b: pd.Series, bootstrap: Bootstrap) -> dict:
 def paired_scores(
     means: dict, a_key: tuple, b_key: tuple, bootstrap: Bootstrap, task: str | None = None
 ) -> dict:
-    """paired_difference of two entries of _problem_means (a − b), on one task's problems when `task`
+    """paired_difference of two entries of problem_means (a − b), on one task's problems when `task`
     is given; its interval named difference_ci95_*. No verdict where either side has no scores: an
     empty pairing is not evidence of "inside the noise"."""
     a, b = means.get(a_key), means.get(b_key)
@@ -497,7 +497,7 @@ def differences_table(scores: pd.DataFrame, cell_scores: pd.DataFrame, bootstrap
     the difference's 95% interval contains 0.
     """
     records = []
-    by_round = _problem_means(scores, ["point", "arm", "after_rounds"]) if not scores.empty else {}
+    by_round = problem_means(scores, ["point", "arm", "after_rounds"]) if not scores.empty else {}
     for point in sorted({key[0] for key in by_round}):
         rounds = sorted({key[2] for key in by_round if key[0] == point})
         arms = sorted({key[1] for key in by_round if key[0] == point})
@@ -515,7 +515,7 @@ def differences_table(scores: pd.DataFrame, cell_scores: pd.DataFrame, bootstrap
                                | paired_difference(by_round[point, arm, final], by_round[point, arm, start],
                                                    bootstrap))
     if not cell_scores.empty:
-        cells = _problem_means(cell_scores, ["point", "weights", "prompt"])
+        cells = problem_means(cell_scores, ["point", "weights", "prompt"])
         for (point, weights, prompt), values in sorted(cells.items()):
             if (weights, prompt) == ("base", "seed") or (point, "base", "seed") not in cells:
                 continue

@@ -16,8 +16,8 @@ import pandas as pd
 
 from fst.evaluate import Bootstrap
 from fst.report import analysis
-from fst.report.figures import ARM_COLOURS, _pyplot, _save
-from fst.report.markdown import _figure, _markdown
+from fst.report.figures import ARM_COLOURS, pyplot, save_figure
+from fst.report.markdown import figure_link, markdown_table
 
 FIGURES = {
     "continual_per_task_curves": "Continual learning: validation accuracy on every task of the schedule",
@@ -61,8 +61,8 @@ def stage_table(summary: pd.DataFrame, schedule: list[str], rounds_per_stage: in
         for (point, arm), path in rows.groupby(["point", "arm"], sort=True):
             path = path.sort_values("after_rounds")
             bounds = {
-                "first_round": stage * rounds_per_stage + 1,
-                "last_round": (stage + 1) * rounds_per_stage,
+                "first_after_rounds": stage * rounds_per_stage + 1,
+                "last_after_rounds": (stage + 1) * rounds_per_stage,
             }
             records.append(
                 {"point": point, "stage": stage, "task": task, "arm": arm, **bounds}
@@ -70,7 +70,7 @@ def stage_table(summary: pd.DataFrame, schedule: list[str], rounds_per_stage: in
                 | analysis.curve_point(path.iloc[-1], "end")
                 | {"seeds": int(path["seeds"].max()), "interval": path["interval"].iloc[0]}
             )
-    columns = ["point", "stage", "task", "arm", "first_round", "last_round"]
+    columns = ["point", "stage", "task", "arm", "first_after_rounds", "last_after_rounds"]
     columns += [f"{value}{bound}" for value in ("peak", "end") for bound in (*_BOUNDS, "_after_rounds")]
     return normalise(pd.DataFrame(records, columns=[*columns, "seeds", "interval"]))
 
@@ -105,7 +105,7 @@ def forgetting_table(
     (per-problem scores averaged over seeds; negative = forgotten), inside the noise when its 95%
     bootstrap interval contains 0."""
     curves = task_curves(summary, rounds_per_stage)
-    means = analysis._problem_means(scores, list(analysis.CURVE_KEYS)) if not scores.empty else {}
+    means = analysis.problem_means(scores, list(analysis.CURVE_KEYS)) if not scores.empty else {}
     records = []
     for (point, arm), run in curves.groupby(["point", "arm"], sort=True):
         final_round = int(run["after_rounds"].max())
@@ -153,7 +153,7 @@ def tables(
 def per_task_curves(summary: pd.DataFrame, schedule: list[str], rounds_per_stage: int, out: Path):
     """Accuracy on each task of the schedule against rounds (one row of panels per sweep point),
     the task switches dashed and the stages that train on the panel's task shaded."""
-    plt = _pyplot()
+    plt = pyplot()
     curves = task_curves(summary, rounds_per_stage)
     points, tasks = sorted(curves["point"].unique()), list(dict.fromkeys(schedule))
     fig, grid = plt.subplots(
@@ -187,13 +187,13 @@ def per_task_curves(summary: pd.DataFrame, schedule: list[str], rounds_per_stage
         grid[row][0].set_ylabel("validation accuracy")
     grid[0][0].set_ylim(-0.02, 1.02)
     grid[0][0].legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def normalised_stages(stage_table: pd.DataFrame, out: Path):
     """Each stage's peak accuracy normalised to the best arm's (1.0, dotted), per arm, with the
     normalised interval as error bars (one panel per sweep point)."""
-    plt = _pyplot()
+    plt = pyplot()
     points = sorted(stage_table["point"].unique()) or ["none"]
     fig, axes = plt.subplots(
         1, len(points), figsize=(5.6 * len(points), 3.8), dpi=110, sharey=True, squeeze=False
@@ -233,7 +233,7 @@ def normalised_stages(stage_table: pd.DataFrame, out: Path):
             ax.set_title(point, fontsize=8)
     axes[0][0].set_ylabel("peak accuracy / best arm's peak")
     axes[0][0].legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def draw(
@@ -248,11 +248,12 @@ def draw(
 
 
 def _schedule_text(stages: pd.DataFrame) -> str:
-    order = stages[["stage", "task", "first_round", "last_round"]].drop_duplicates().sort_values("stage")
+    columns = ["stage", "task", "first_after_rounds", "last_after_rounds"]
+    order = stages[columns].drop_duplicates().sort_values("stage")
     parts = [
         f"stage {s}: {t} (evaluations after rounds {a}–{b})" for s, t, a, b in order.itertuples(index=False)
     ]
-    switches = ", ".join(str(b) for b in order["last_round"].iloc[:-1])
+    switches = ", ".join(str(b) for b in order["last_after_rounds"].iloc[:-1])
     return f"Schedule: {'; '.join(parts)}. The training task switches after rounds {switches or '(none)'}."
 
 
@@ -300,10 +301,11 @@ def section(tables: dict[str, pd.DataFrame], figure_files: dict[str, Path], out:
         "`normalised_*` divide by the best peak any arm reached in that stage (best arm = 1.0); their "
         "interval is the raw interval divided by the same normaliser. Intervals: t over seeds, or with "
         "one seed the evaluation's bootstrap over problems.",
-        _markdown(stages[shown] if not stages.empty else stages),
+        markdown_table(stages[shown] if not stages.empty else stages),
         "Forgetting: accuracy on each finished stage's task at the end of its stage and at the end of the "
         "run; `difference` = final − end of stage (negative: forgotten), paired bootstrap over the same "
-        "problems, *inside the noise* when its interval contains 0.",
-        _markdown(forgetting[lost] if not forgetting.empty else forgetting),
-        *[_figure(FIGURES[name], path, out) for name, path in figure_files.items()],
+        "problems, *inside the noise* when its interval contains 0. A task that comes back later in the "
+        "schedule is trained on again before the end, so its forgetting row measures retraining too.",
+        markdown_table(forgetting[lost] if not forgetting.empty else forgetting),
+        *[figure_link(FIGURES[name], path, out) for name, path in figure_files.items()],
     ]

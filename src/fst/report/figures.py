@@ -33,7 +33,7 @@ TITLES = {
 }
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,10 +42,10 @@ def _pyplot():
     return plt
 
 
-def _panels(
+def panel_grid(
     points: list[str], width: float = 4.2, height: float = 3.4, sharey: bool = True, columns: int = 3
 ):
-    plt = _pyplot()
+    plt = pyplot()
     columns = min(len(points), columns)
     rows = -(-len(points) // columns)
     fig, axes = plt.subplots(
@@ -67,16 +67,16 @@ def _title(ax, point: str, several: bool):
         ax.set_title(point.replace("/", "\n"), fontsize=8)
 
 
-def _save(fig, out: Path):
+def save_figure(fig, out: Path):
     """Write the figure and return it (closed, but its artists keep the plotted data for checks)."""
     fig.tight_layout()
     with atomic_path(Path(out)) as tmp:
         fig.savefig(tmp, format=Path(out).suffix.lstrip(".") or "png")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return fig
 
 
-def _band(curve: pd.DataFrame):
+def band(curve: pd.DataFrame):
     """The 95% band of a curve: over seeds where there are several, else over problems (bootstrap)."""
     low, high = curve["ci95_low"], curve["ci95_high"]
     if "problems_ci95_low" in curve:
@@ -91,14 +91,14 @@ def reward_curves(
     each arm's first evaluation point at or above that target ringed."""
     metric = curves["metric"].iloc[0]
     points = sorted(curves["point"].unique())
-    fig, panels = _panels(points)
+    fig, panels = panel_grid(points)
     seeds = summary[summary["metric"] == metric]
     for point, ax in panels.items():
         for arm, curve in curves[curves["point"] == point].groupby("arm", sort=True):
             colour = ARM_COLOURS.get(arm)
             curve = curve.sort_values("after_rounds")
             ax.plot(curve[axis], curve["mean"], marker="o", linewidth=2, color=colour, label=arm)
-            low, high = _band(curve)
+            low, high = band(curve)
             ax.fill_between(curve[axis], low, high, color=colour, alpha=0.15)
             runs = seeds[(seeds["point"] == point) & (seeds["arm"] == arm)]
             if runs["seed"].nunique() > 1:
@@ -128,7 +128,7 @@ def reward_curves(
     first.set_ylabel(f"validation {metric}")
     first.set_ylim(bottom=0)
     first.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 KL_CONTEXTS = {
@@ -143,7 +143,7 @@ def kl_vs_reward(summary: pd.DataFrame, metric: str, drift: pd.DataFrame, out: P
     One row per sweep point, two columns: KL in the seed prompt's context (the one definition every
     arm is measured under) and in the arm's own prompt's context.
     """
-    plt = _pyplot()
+    plt = pyplot()
     means = reward_and_kl(summary, metric)
     points = sorted(means["point"].unique())
     contexts = [c for c in KL_CONTEXTS if c in means.columns]
@@ -180,7 +180,7 @@ def kl_vs_reward(summary: pd.DataFrame, metric: str, drift: pd.DataFrame, out: P
             ax.set_title(title, fontsize=8)
         grid[row_index][0].set_ylabel("KL(π_θ ‖ π_base) at τ, per token")
     grid[0][0].legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def ood_accuracy(summary: pd.DataFrame, out: Path):
@@ -193,7 +193,7 @@ def ood_accuracy(summary: pd.DataFrame, out: Path):
         for task in sorted(means["task"].unique())
     ]
     several = means["point"].nunique() > 1
-    fig, panels = _panels(panels_keys or ["none"])
+    fig, panels = panel_grid(panels_keys or ["none"])
     for key, ax in panels.items():
         task, _, point = key.partition("|")
         for arm, curve in means[(means["task"] == task) & (means["point"] == point)].groupby(
@@ -208,19 +208,19 @@ def ood_accuracy(summary: pd.DataFrame, out: Path):
     first.set_ylabel("greedy accuracy, no system prompt")
     first.set_ylim(-0.02, 1.02)
     first.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def decomposition_bars(cells: pd.DataFrame, table: pd.DataFrame, out: Path):
     """Validation reward of {base, trained} weights x {seed, evolved} prompt (arm fst, final round)."""
     if table.empty:
-        fig, panels = _panels(["none"])
+        fig, panels = panel_grid(["none"])
         panels["none"].text(
             0.5, 0.5, "no fst run to decompose", ha="center", transform=panels["none"].transAxes
         )
-        return _save(fig, out)
+        return save_figure(fig, out)
     points = sorted(table["point"].unique())
-    fig, panels = _panels(points, width=5.6, sharey=True)
+    fig, panels = panel_grid(points, width=5.6, sharey=True)
     order = [("base", "seed"), ("base", "evolved"), ("trained", "seed"), ("trained", "evolved")]
     colours = ["lightgrey", "tab:green", "tab:orange", "tab:blue"]
     for point, ax in panels.items():
@@ -234,12 +234,12 @@ def decomposition_bars(cells: pd.DataFrame, table: pd.DataFrame, out: Path):
         ax.grid(alpha=0.3, axis="y")
         _title(ax, point, len(points) > 1)
     next(iter(panels.values())).set_ylabel(f"validation {cells['metric'].iloc[0]}")
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def point_comparison(curves: pd.DataFrame, out: Path):
     """Final validation reward of every arm at every sweep point (mean over seeds, 95% interval)."""
-    plt = _pyplot()
+    plt = pyplot()
     final = curves.sort_values("after_rounds").groupby(["point", "arm"]).tail(1)
     points, arms = sorted(final["point"].unique()), sorted(final["arm"].unique())
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(points) * len(arms) / 2), 3.8), dpi=110)
@@ -262,4 +262,4 @@ def point_comparison(curves: pd.DataFrame, out: Path):
     ax.set_ylabel(f"final validation {final['metric'].iloc[0]}")
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)

@@ -24,13 +24,13 @@ NOISE = (
     "sides. A difference whose interval contains 0 is marked *inside the noise*."
 )
 
-def _markdown(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     if frame.empty:
         return "_(nothing to show for this experiment)_"
     return frame.to_markdown(index=False, floatfmt=".4g")
 
 
-def _figure(title: str, path: Path, out: Path) -> str:
+def figure_link(title: str, path: Path, out: Path) -> str:
     """A figure link relative to the Markdown page, so the report folder can be moved as a whole."""
     return f"![{title}]({Path(path).relative_to(out.parent).as_posix()})"
 
@@ -60,46 +60,46 @@ def main_sections(
         "## Noise",
         NOISE,
         "Differences between arms at every round and from start to final per arm (validation):",
-        _markdown(arm_differences[shown] if not arm_differences.empty else arm_differences),
+        markdown_table(arm_differences[shown] if not arm_differences.empty else arm_differences),
         "## Sample efficiency",
         "Target = arm rl's peak validation reward (mean over seeds). `ratio_rl_steps` = RL steps rl needed "
         "for its peak / RL steps the arm needed to reach it; `ratio_policy_rollouts` the same counting every "
         "policy rollout, GEPA's metric calls included (the honest axis). Reached means at an evaluation "
         "point: between evaluations nothing is known. Per-seed rows are in tables/sample_efficiency.parquet.",
-        _markdown(mean_efficiency.drop(columns=["seed"], errors="ignore")),
+        markdown_table(mean_efficiency.drop(columns=["seed"], errors="ignore")),
         "## Held-out test split",
         "Test mean@k of each arm at its final round and at the round its validation curve selects "
         "(running max: the argmax of validation mean@k, the earliest on ties), sampled with the run's "
         "evaluation seed; `ci95_low`/`ci95_high`: bootstrap over test problems. Never used for any choice.",
-        _markdown(tables["test"]),
+        markdown_table(tables["test"]),
         "## Ceiling",
         "4-parameter sigmoid R = R0 + (A − R0)/(1 + (C_mid/C)^B) fitted per arm over all seeds' "
         "evaluation points, C = policy rollouts; `ceiling` is A. With fewer evaluation rounds (`points`: "
         "distinct rounds, not compute values pooled over seeds) than report.min_fit_points the fit is "
         "refused (see `warning`).",
-        _markdown(ceiling),
+        markdown_table(ceiling),
         "## Drift",
         KL_DEFINITION,
         "Compared at the highest reward every weight-training arm reaches (`matched_reward`); "
         "`kl_reduction_vs_rl` = 1 − KL/KL_rl.",
-        _markdown(tables["drift"]),
+        markdown_table(tables["drift"]),
         "## Out-of-domain accuracy (forgetting)",
         "Greedy accuracy on other task families with NO system prompt: what the weights kept.",
-        _markdown(tables["ood"]),
+        markdown_table(tables["ood"]),
         "## Channel decomposition (arm fst, final round)",
         "Validation reward of {base, trained} weights × {seed, evolved} prompt, all four cells sampled with "
         "the run's evaluation seed (so the base weights + seed prompt cell is the run's evaluation before "
         "training): how much of fst's gain sits in the weights and how much in the prompt.",
-        _markdown(tables["decomposition"]),
+        markdown_table(tables["decomposition"]),
         "Each cell against base weights + seed prompt (paired bootstrap over problems):",
-        _markdown(cell_differences[shown] if not cell_differences.empty else cell_differences),
+        markdown_table(cell_differences[shown] if not cell_differences.empty else cell_differences),
         *(
             [
                 "## Post-hoc GEPA on the final RL checkpoint (RL→GEPA)",
                 "One GEPA round (the same budget) on arm rl's final weights, evaluated with the same "
                 "sampling seed as rl's final evaluation: how close does it come to fst, and at what cost in "
                 "policy rollouts?",
-                _markdown(tables["posthoc"]),
+                markdown_table(tables["posthoc"]),
             ]
             if not tables["posthoc"].empty
             else []
@@ -115,7 +115,7 @@ def page(experiment: str, sections: list[str], titles: dict[str, str], figure_fi
         f"# {experiment}: Fast-Slow Training comparison",
         *sections,
         "## Figures",
-        *[_figure(titles[name], path, out) for name, path in figure_files.items()],
+        *[figure_link(titles[name], path, out) for name, path in figure_files.items()],
     ]) + "\n"
     artifacts.write_text(text, out)
     return text

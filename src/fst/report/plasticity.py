@@ -13,8 +13,8 @@ import pandas as pd
 
 from fst.evaluate import Bootstrap
 from fst.report import analysis
-from fst.report.figures import _pyplot, _save
-from fst.report.markdown import _figure, _markdown
+from fst.report.figures import pyplot, save_figure
+from fst.report.markdown import figure_link, markdown_table
 
 CONTROL = "base"
 INIT_COLOURS = {"base": "black", "fst": "tab:blue", "rl": "tab:orange"}
@@ -33,7 +33,7 @@ def plasticity_table(summary: pd.DataFrame, scores: pd.DataFrame, bootstrap: Boo
     on ties) and at the final round, and final − the base init's final, paired over the same problems
     (per-problem scores averaged over seeds), inside the noise when its 95% interval contains 0."""
     curves = init_curves(summary)
-    means = analysis._problem_means(scores, list(analysis.CURVE_KEYS)) if not scores.empty else {}
+    means = analysis.problem_means(scores, list(analysis.CURVE_KEYS)) if not scores.empty else {}
     records = []
     for point, rows in curves.groupby("point", sort=True):
         finals = rows.sort_values("after_rounds").groupby("init")["after_rounds"].last()
@@ -80,7 +80,7 @@ def tables(summary: pd.DataFrame, scores: pd.DataFrame, bootstrap: Bootstrap) ->
 def phase_b_curves(summary: pd.DataFrame, out: Path):
     """Phase-B validation accuracy against rounds, one line per initialisation with its 95% band
     (one panel per sweep point)."""
-    plt = _pyplot()
+    plt = pyplot()
     curves = init_curves(summary)
     points = sorted(curves["point"].unique())
     fig, axes = plt.subplots(
@@ -101,7 +101,7 @@ def phase_b_curves(summary: pd.DataFrame, out: Path):
     axes[0][0].set_ylabel("phase-B validation accuracy")
     axes[0][0].set_ylim(-0.02, 1.02)
     axes[0][0].legend(fontsize=8)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def draw(summary: pd.DataFrame, tables: dict[str, pd.DataFrame], out: dict[str, Path]):
@@ -136,7 +136,9 @@ def section(
         "seed-mean over rounds) and `final` are phase-B validation accuracy; intervals: t over seeds, or "
         f"with one seed the evaluation's bootstrap over problems. `difference` = final − {CONTROL}'s final, "
         "paired bootstrap over the same problems: below 0 and outside the noise, the phase-A training "
-        "left weights that learn the new task less well than the base model.",
-        _markdown(table[shown] if not table.empty else table),
-        *[_figure(FIGURES[name], path, out) for name, path in figure_files.items()],
+        "left weights that learn the new task less well than the base model. The peak is the best of "
+        "several noisy points (it may be the start), so it leans high; `final` is the fairer comparison. "
+        "Each run's KL reference is its own starting weights, as in a fresh RL run.",
+        markdown_table(table[shown] if not table.empty else table),
+        *[figure_link(FIGURES[name], path, out) for name, path in figure_files.items()],
     ]

@@ -17,8 +17,8 @@ import pandas as pd
 
 from fst.evaluate import Bootstrap
 from fst.report import analysis
-from fst.report.figures import ARM_COLOURS, _band, _panels, _save
-from fst.report.markdown import _markdown
+from fst.report.figures import ARM_COLOURS, band, panel_grid, save_figure
+from fst.report.markdown import markdown_table
 
 PROPOSER_KEY = "fast.proposer"
 REFLECTIVE, BLIND = "reflective", "blind"
@@ -145,7 +145,7 @@ def tables(summary: pd.DataFrame, scores: pd.DataFrame, bootstrap: Bootstrap) ->
     curves = curves.assign(label=curves["point"].map(label_of), proposer=curves["point"].map(proposer_of))
     curves = curves.reindex(columns=CURVE_COLUMNS)
     problems = (
-        analysis._problem_means(twin_scores, ["point", "arm", "after_rounds"]) if len(twin_scores) else {}
+        analysis.problem_means(twin_scores, ["point", "arm", "after_rounds"]) if len(twin_scores) else {}
     )
     records = []
     for reflective, blind, label in pairs:
@@ -203,11 +203,11 @@ def draw(summary: pd.DataFrame, tables: dict[str, pd.DataFrame], out: dict[str, 
     seeds, bands = 95% interval over seeds, or over problems with one seed (as figures.reward_curves)."""
     curves = tables["proposer_curves"]
     if curves.empty:
-        fig, panels = _panels(["none"])
+        fig, panels = panel_grid(["none"])
         panels["none"].text(
             0.5, 0.5, "no reflective/blind twin pair", ha="center", transform=panels["none"].transAxes
         )
-        return _save(fig, out["reflective_vs_blind"])
+        return save_figure(fig, out["reflective_vs_blind"])
     summary, metric = analysis.with_validation_metric(summary)
     seeds = summary[summary["metric"] == metric]
     labels = sorted(curves["label"].unique())
@@ -218,7 +218,7 @@ def draw(summary: pd.DataFrame, tables: dict[str, pd.DataFrame], out: dict[str, 
         if ((curves["label"] == label) & (curves["arm"] == arm)).any()
     ]
     arms = sorted({arm for _, arm in keys})  # one column per arm, one row per twin pair
-    fig, panels = _panels([f"{arm}|{label}" for label, arm in keys], columns=len(arms))
+    fig, panels = panel_grid([f"{arm}|{label}" for label, arm in keys], columns=len(arms))
     for (label, arm), ax in zip(keys, panels.values(), strict=True):
         colour = ARM_COLOURS.get(arm)
         for proposer in (REFLECTIVE, BLIND):
@@ -236,7 +236,7 @@ def draw(summary: pd.DataFrame, tables: dict[str, pd.DataFrame], out: dict[str, 
                 color=colour,
                 label=proposer,
             )
-            low, high = _band(curve)
+            low, high = band(curve)
             ax.fill_between(
                 curve["after_rounds"], low, high, color=colour, alpha=0.15 if proposer == REFLECTIVE else 0.07
             )
@@ -261,7 +261,7 @@ def draw(summary: pd.DataFrame, tables: dict[str, pd.DataFrame], out: dict[str, 
     first.set_ylabel(f"validation {metric}")
     first.set_ylim(bottom=0)
     first.legend(fontsize=8)
-    return _save(fig, out["reflective_vs_blind"])
+    return save_figure(fig, out["reflective_vs_blind"])
 
 
 def section(tables: dict[str, pd.DataFrame], figure_files: dict[str, Path], out: Path) -> list[str]:
@@ -280,7 +280,7 @@ def section(tables: dict[str, pd.DataFrame], figure_files: dict[str, Path], out:
     shown = [c for c in COLUMNS if c not in ("inside_noise", "reflective_point", "blind_point")]
     if set(table["label"]) == {NO_OTHER_VALUES}:
         shown.remove("label")
-    blocks = [heading, HOW_TO_READ, twins, _markdown(table[shown])]
+    blocks = [heading, HOW_TO_READ, twins, markdown_table(table[shown])]
     for name, title in FIGURES.items():
         if name in figure_files:
             blocks.append(f"![{title}]({Path(figure_files[name]).relative_to(Path(out).parent).as_posix()})")
