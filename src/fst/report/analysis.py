@@ -460,6 +460,11 @@ def paired_difference(a: pd.Series, b: pd.Series, bootstrap: Bootstrap) -> dict:
     }
 
 
+# The columns of a paired_scores result, in a table's order.
+PAIRED_COLUMNS = ["difference", "difference_ci95_low", "difference_ci95_high", "problems", "inside_noise",
+                  "verdict"]
+
+
 def paired_scores(
     means: dict, a_key: tuple, b_key: tuple, bootstrap: Bootstrap, task: str | None = None
 ) -> dict:

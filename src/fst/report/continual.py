@@ -124,15 +124,7 @@ def forgetting_table(
             )
     columns = ["point", "arm", "task", "stage"]
     columns += [f"{value}{bound}" for value in ("end", "final") for bound in (*_BOUNDS, "_after_rounds")]
-    columns += [
-        "difference",
-        "difference_ci95_low",
-        "difference_ci95_high",
-        "problems",
-        "inside_noise",
-        "verdict",
-    ]
-    return pd.DataFrame(records, columns=columns)
+    return pd.DataFrame(records, columns=columns + analysis.PAIRED_COLUMNS)
 
 
 def tables(

@@ -57,16 +57,7 @@ def plasticity_table(summary: pd.DataFrame, scores: pd.DataFrame, bootstrap: Boo
         for v in ("start", "peak", "final")
         for b in ("", "_ci95_low", "_ci95_high", "_after_rounds")
     ]
-    columns += [
-        "seeds",
-        "difference",
-        "difference_ci95_low",
-        "difference_ci95_high",
-        "problems",
-        "inside_noise",
-        "verdict",
-    ]
-    return pd.DataFrame(records, columns=columns)
+    return pd.DataFrame(records, columns=[*columns, "seeds", *analysis.PAIRED_COLUMNS])
 
 
 def tables(summary: pd.DataFrame, scores: pd.DataFrame, bootstrap: Bootstrap) -> dict[str, pd.DataFrame]:
