@@ -19,6 +19,8 @@ include: "workflow/rules/continual.smk"
 
 onstart:
     check_devices_here()
+    if warning := continual_seed_prompt_warning(config):
+        print(f"fst-workflow: warning: {warning}")
     print(f"fst-workflow: experiment '{EXPERIMENT}', results in {EXP_DIR}/")
 
 

@@ -296,7 +296,7 @@ def test_round_groups_put_each_rounds_stages_in_one_job(tmp_path, tiny_model_dir
             groups[-1][1].append(member.group(1))
     stages = ["fast weights (GEPA)", "rollouts", "rewards and feedback", "slow weights (CISPO)"]
     assert sorted((name, sorted(members)) for name, members in groups) == sorted(
-        (f"round{r}", sorted(f"{arm} seed 0 round {r}: {stage}" for stage in stages))
+        (f"default/{arm}/seed0/round{r}", sorted(f"{arm} seed 0 round {r}: {stage}" for stage in stages))
         for arm in ("fst", "rl")
         for r in (0, 1)
     )

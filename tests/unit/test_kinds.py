@@ -91,6 +91,16 @@ def test_only_a_main_rl_run_has_the_post_hoc_gepa_round():
     assert not made["continual-rl"].runs_gepa(made["continual-rl"].rounds, 1, True)
 
 
+def test_a_continual_run_from_the_arithmetic_seed_prompt_is_warned_about():
+    from fst.kinds.continual import seed_prompt_warning
+
+    schedule = {"schedule": ["arithmetic", "claims"]}
+    assert "prompts.seed" in seed_prompt_warning(_resolved(kinds=["continual"], continual=schedule))
+    agnostic = _resolved(kinds=["continual"], continual=schedule, prompts={"seed": "Answer carefully."})
+    assert seed_prompt_warning(agnostic) is None
+    assert seed_prompt_warning(_resolved()) is None
+
+
 def test_data_files_are_stages_with_task_names_of_their_own(tmp_path):
     first, second = _user_file(tmp_path, "first"), _user_file(tmp_path, "second")
     cfg = _resolved(kinds=["continual"], continual={"schedule": [first, "claims", second, first]})

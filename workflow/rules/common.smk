@@ -10,6 +10,7 @@ from fst import settings
 from fst.config import ConfigError, problems_per_round
 from fst.device import missing_here
 from fst.kinds import runs as kind_runs
+from fst.kinds.continual import seed_prompt_warning as continual_seed_prompt_warning
 from fst.kinds.tasks import task_files
 from fst.report.build import figure_titles
 from fst.sweep import resolve_points, swept_values

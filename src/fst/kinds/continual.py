@@ -22,6 +22,18 @@ def runs(cfg: dict) -> list:
     return [Run(f"{PREFIX}{arm}", "continual", arm, stages, per_stage) for arm in cfg["arms"]]
 
 
+def seed_prompt_warning(cfg: dict) -> str | None:
+    """A warning when a continual run starts every task from the schema's default seed prompt (written
+    for arithmetic): the fast channel starts there on every task of the schedule."""
+    from fst.config import default_config
+
+    if "continual" in cfg["kinds"] and cfg["prompts"]["seed"] == default_config()["prompts"]["seed"]:
+        return ("kind continual runs with the default seed prompt, written for arithmetic: every task of "
+                "the schedule starts from it. Set a task-agnostic prompts.seed (see "
+                "config/experiments/continual.yaml).")
+    return None
+
+
 def check(cfg: dict, source: str) -> None:
     """Refuse, before any job, a schedule that names no task or an unknown one."""
     from fst.config import ConfigError
