@@ -141,10 +141,10 @@ def test_track_mirrors_intervals_and_the_test_split(tmp_path, monkeypatch):
               "--params", json.dumps({"swept": {}, "config": {}}), "--uri", "sqlite:///unused.db",
               "--out", str(tmp_path / "tracked.json")])
     metrics = sent["metrics"]
-    assert metrics["arithmetic/prompt:m1/mean@2/ci95_low"] == 0.25
-    assert "arithmetic/prompt:seed/kl_to_base/ci95_low" not in metrics  # no interval, no metric
-    assert metrics["test/selected/arithmetic/prompt:m1/mean@2"] == 0.6
-    assert metrics["test/final/arithmetic/prompt:m1/mean@2/ci95_high"] == 0.7
+    assert metrics["arithmetic/mean@2/ci95_low"] == 0.25
+    assert "arithmetic/kl_to_base/ci95_low" not in metrics  # no interval, no metric
+    assert metrics["test/selected/arithmetic/mean@2"] == 0.6
+    assert metrics["test/final/arithmetic/mean@2/ci95_high"] == 0.7
     assert metrics["test/selected/after_rounds"] == 1.0
     assert metrics["train/groups/dropped_groups"] == 3.0 and metrics["train/skipped_step"] == 1.0
     assert metrics["train/groups/live_groups"] == 5.0 and "train/steps" not in metrics
