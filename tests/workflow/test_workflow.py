@@ -273,7 +273,7 @@ def test_plasticity_trains_plain_rl_on_the_new_task_from_the_base_and_each_phase
     assert from_rl["inputs"]["policy"]["path"].endswith("rl/seed0/round0/policy")
     assert from_rl["inputs"]["data"]["path"].endswith("data/claims.parquet")
     from_base = json.loads((run / "plasticity-from-base/seed0/round0/provenance/slow.json").read_text())
-    from_rl_slow = json.loads((run / "plasticity-from-rl/seed0/round1/provenance/slow.json").read_text())
+    from_rl_slow = json.loads((run / "plasticity-from-rl/seed0/round0/provenance/slow.json").read_text())
     assert from_base["inputs"]["policy_in"]["path"].endswith("base_model")
     population = json.loads((run / "plasticity-from-rl/seed0/round0/population.json").read_text())
     seed_prompt = json.loads((run / "population_seed.json").read_text())
