@@ -59,7 +59,14 @@ REPORT_DIR = f"{EXP_DIR}/report"
 # Every run of the experiment's kinds: {folder under the point: fst.kinds.Run}; the `arm` wildcard is
 # that folder (an arm's name for the main runs, continual-<arm>, plasticity-from-<init>).
 RUNS = kind_runs(config)
-MAIN_RUNS = [name for name, run in RUNS.items() if run.kind == "main"]
+
+
+def runs_of(kind=None):
+    """The folder names of the runs of `kind` (every run without one)."""
+    return [name for name, run in RUNS.items() if kind in (None, run.kind)]
+
+
+MAIN_RUNS = runs_of("main")
 RUN_WILDCARDS = {"point": POINTS, "arm": MAIN_RUNS, "seed": config["seeds"]}
 EVAL_POINTS = range(config["rounds"] + 1)  # of the main runs
 TRACKING_URI_OPTION = f"--uri {config['tracking']['uri']}" if config["tracking"]["uri"] else ""
@@ -204,7 +211,7 @@ def of_runs(pattern, kind=None):
     """`pattern` for every point and seed of every run (of `kind`, if given), k = 0..that run's rounds."""
     return [
         path
-        for run in (name for name, spec in RUNS.items() if kind in (None, spec.kind))
+        for run in runs_of(kind)
         for path in expand(pattern, point=POINTS, arm=run, seed=config["seeds"], k=range(RUNS[run].rounds + 1))
     ]
 
@@ -213,7 +220,7 @@ def all_round_provenance(kind="main"):
     """The provenance of every round of every run of `kind` that counts rollouts and steps (the x-axes)."""
     return [
         path
-        for run in (name for name, spec in RUNS.items() if spec.kind == kind)
+        for run in runs_of(kind)
         for path in expand(round_provenance(run, RUNS[run].rounds), point=POINTS, arm=run, seed=config["seeds"])
     ]
 
@@ -311,16 +318,16 @@ def point_params(wildcards):
 def kind_summary(kind, name="summary"):
     """A kind's summary table (or its per-problem "scores"), if the experiment runs that kind."""
     suffix = "" if kind == "main" else f"_{kind}"
-    return [f"{EXP_DIR}/{name}{suffix}.parquet"] if any(run.kind == kind for run in RUNS.values()) else []
+    return [f"{EXP_DIR}/{name}{suffix}.parquet"] if runs_of(kind) else []
 
 
 def report_kinds():
     """What the report needs to know of the kinds' runs (fst.report.build.figure_titles)."""
     spec = {"main": bool(MAIN_RUNS), "proposers": "fast.proposer" in (config["sweep"] or {})}
     if "plasticity" in config["kinds"]:
-        spec["plasticity"] = {"task": next(r.stages[0] for r in RUNS.values() if r.kind == "plasticity")}
+        spec["plasticity"] = {"task": RUNS[runs_of("plasticity")[0]].stages[0]}
     if "continual" in config["kinds"]:
-        run = next(r for r in RUNS.values() if r.kind == "continual")
+        run = RUNS[runs_of("continual")[0]]
         spec["continual"] = {"schedule": list(run.stages), "rounds_per_stage": run.rounds_per_stage}
     return spec
 
