@@ -19,12 +19,18 @@ include: "workflow/rules/continual.smk"
 
 onstart:
     check_devices_here()
+    start_warm_runner()
     if warning := continual_seed_prompt_warning(config):
         print(f"fst-workflow: warning: {warning}")
     print(f"fst-workflow: experiment '{EXPERIMENT}', results in {EXP_DIR}/")
 
 
+onsuccess:
+    stop_warm_runner()
+
+
 onerror:
+    stop_warm_runner()
     print(f"fst-workflow failed: see the rule's log under {EXP_DIR}/ (finished stages are kept).")
 
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import time
@@ -18,6 +19,8 @@ from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+
+from fst import warm
 
 # A model folder carries the hash of its weights in this record, so provenance does not re-hash
 # hundreds of megabytes in every stage that reads the model.
@@ -135,6 +138,8 @@ class Provenance:
             "git_commit": git_commit(),
             "host": socket.gethostname(),
             "job": job_environment(),
+            # forked by the warm stage runner (torch, transformers, TRL imported before the stage began)
+            "warm_runner": warm.launched_by_server,
             "started": time.time(),
             "counts": {},
             "timings_s": {},
@@ -158,6 +163,8 @@ class Provenance:
     def write(self, path: Path, outputs: dict[str, Path] | None = None) -> None:
         self.record["ended"] = time.time()
         self.record["wall_s"] = round(time.perf_counter() - self._t0, 3)
+        # The process's peak RSS: Snakemake's benchmark cannot see a stage forked by the warm runner.
+        self.record["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         self.record["outputs"] = {
             name: {"path": str(p), "sha256": content_hash(p)} for name, p in (outputs or {}).items()
         }
