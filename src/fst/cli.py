@@ -44,16 +44,16 @@ _STAGES = {
     "evaluate": (
         evaluation.cmd_evaluate,
         "policy population seed_population base_model data tasks* ood* after_rounds:int seed:int settings "
-        "out samples provenance",
+        "sample_cache? out samples provenance",
     ),
     "evaluate-test": (
         evaluation.cmd_evaluate_test,
-        "evals+ policies+ populations+ data seed:int settings out samples provenance",
+        "evals+ policies+ populations+ data seed:int settings sample_cache? out samples provenance",
     ),
     "decompose": (
         evaluation.cmd_decompose,
         "policy base_model population seed_population data after_rounds:int seed:int settings "
-        "out samples provenance",
+        "sample_cache? out samples provenance",
     ),
     "track": (
         tracking.cmd_track,

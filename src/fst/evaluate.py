@@ -181,10 +181,11 @@ def ratio_interval(numerators, denominators, bootstrap: Bootstrap) -> tuple[floa
     )
 
 
-def kl_row(task, setting, metric, model, base, samples, temperature, bootstrap: Bootstrap) -> tuple:
+def kl_row(task, setting, metric, kl_sums, samples, bootstrap: Bootstrap) -> tuple:
     """A KL metric row: the token-level mean over all completions and its bootstrap interval over
-    problems (each problem's token KL sum and token count resampled together)."""
-    sums, counts = token_kl_per_completion(model, base, samples, temperature)
+    problems (each problem's token KL sum and token count resampled together). `kl_sums(samples)` gives
+    each completion's KL sum and token count (token_kl_per_completion of the policy and the base)."""
+    sums, counts = kl_sums(samples)
     per = pd.DataFrame({"problem_id": samples["problem_id"].to_numpy(), "kl": sums, "tokens": counts})
     per = per.groupby("problem_id", sort=False)[["kl", "tokens"]].sum()
     low, high = ratio_interval(per["kl"], per["tokens"], bootstrap)
@@ -194,7 +195,7 @@ def kl_row(task, setting, metric, model, base, samples, temperature, bootstrap: 
 def evaluate(
     engine,
     tokenizer,
-    kl_models,
+    kl_sums,
     val: list[Problem],
     member: Member,
     seed_member: Member,
@@ -211,15 +212,16 @@ def evaluate(
     `other_tasks` (a continual schedule's tasks besides the current one) get mean@k under the arm's
     prompt too, with the same k and seed as `val`: forgetting of earlier tasks, measured like the
     current one.
-    `kl_models` is None when the policy is the base model itself (KL is then exactly 0, not sampled),
-    else a function returning (policy, base) transformers models, called once all samples are drawn.
+    `kl_sums` is None when the policy is the base model itself (KL is then exactly 0, not sampled),
+    else kl_sums(samples) -> (per-completion KL sums, token counts) of the policy against the base
+    (token_kl_per_completion), called once all samples are drawn.
     """
     task, own = val[0].task, f"prompt:{member.id}"
     context = f"prompt:{seed_member.id}"
     val_samples = sample_and_score(engine, tokenizer, val, member.text, k, settings, seed, own)
     frames = [val_samples]
     seed_samples = val_samples
-    if kl_models is not None and member.text != seed_member.text:
+    if kl_sums is not None and member.text != seed_member.text:
         # the seed prompt's context: sampled from π_θ at τ with the same seed
         seed_samples = sample_and_score(
             engine, tokenizer, val, seed_member.text, k, settings, seed, f"kl_context:{context}"
@@ -239,17 +241,14 @@ def evaluate(
         _row(task, own, f"mean@{k}", per_problem(val_samples), bootstrap),
         _row(task, own, "truncated", per_problem(truncated, "length"), bootstrap),
     ]
-    if kl_models is None:  # frozen base weights: exactly 0, nothing to resample
+    if kl_sums is None:  # frozen base weights: exactly 0, nothing to resample
         metrics += [(task, context, "kl_to_base", 0.0, len(val), 0.0, 0.0),
                     (task, own, "kl_to_base_own_prompt", 0.0, len(val), 0.0, 0.0)]
     else:
-        model, base_model = kl_models()
-        own_row = kl_row(task, own, "kl_to_base_own_prompt", model, base_model, val_samples,
-                         settings.temperature, bootstrap)
+        own_row = kl_row(task, own, "kl_to_base_own_prompt", kl_sums, val_samples, bootstrap)
         seed_row = (
             (task, context, "kl_to_base", *own_row[3:]) if seed_samples is val_samples
-            else kl_row(task, context, "kl_to_base", model, base_model, seed_samples, settings.temperature,
-                        bootstrap)
+            else kl_row(task, context, "kl_to_base", kl_sums, seed_samples, bootstrap)
         )
         metrics += [seed_row, own_row]
     for other_task, other_samples in other_frames.items():

@@ -22,6 +22,7 @@ from fst.evaluate import (
     sample_and_score,
     select_round,
     token_kl,
+    token_kl_per_completion,
 )
 from fst.generation import SamplingSettings, chat_prompt_ids, sample
 from fst.population import Member
@@ -139,10 +140,10 @@ def test_evaluate_metric_rows_and_samples(tiny, other, problems, drifted):
     model, tokenizer = tiny
     val, ood = problems
     policy = other if drifted else model
-    kl_models = (lambda: (other, model)) if drifted else None
+    kl_sums = partial(token_kl_per_completion, other, model, temperature=0.7) if drifted else None
     k = 2
     metrics, samples = evaluate(
-        partial(sample, policy), tokenizer, kl_models, val, MEMBER, SEED_MEMBER, ood, k, SETTINGS, seed=4,
+        partial(sample, policy), tokenizer, kl_sums, val, MEMBER, SEED_MEMBER, ood, k, SETTINGS, seed=4,
         bootstrap=BOOTSTRAP,
     )
     assert list(metrics.columns) == ["task", "setting", "metric", "value", "n", "ci95_low", "ci95_high"]
@@ -196,8 +197,9 @@ def test_kl_to_base_is_measured_in_the_seed_prompts_context(tiny, other, problem
     model, tokenizer = tiny
     val = problems[0]
     drifted = partial(sample, other)
+    kl_sums = partial(token_kl_per_completion, other, model, temperature=SETTINGS.temperature)
     metrics, samples = evaluate(
-        drifted, tokenizer, lambda: (other, model), val, MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 4, BOOTSTRAP
+        drifted, tokenizer, kl_sums, val, MEMBER, SEED_MEMBER, {}, 2, SETTINGS, 4, BOOTSTRAP
     )
     values = metrics.set_index("metric")["value"]
     in_seed_context = sample_and_score(drifted, tokenizer, val, SEED_MEMBER.text, 2, SETTINGS, 4, "x")
@@ -207,9 +209,8 @@ def test_kl_to_base_is_measured_in_the_seed_prompts_context(tiny, other, problem
     own = samples[samples["setting"] == "prompt:m1"]
     assert values["kl_to_base_own_prompt"] == pytest.approx(token_kl(other, model, own, 0.7), rel=1e-6)
     assert values["kl_to_base"] != pytest.approx(values["kl_to_base_own_prompt"], rel=1e-3)
-    models = lambda: (other, model)  # noqa: E731
     seed_only = SEED_MEMBER
-    same, _ = evaluate(drifted, tokenizer, models, val, seed_only, seed_only, {}, 2, SETTINGS, 4, BOOTSTRAP)
+    same, _ = evaluate(drifted, tokenizer, kl_sums, val, seed_only, seed_only, {}, 2, SETTINGS, 4, BOOTSTRAP)
     same_values = same.set_index("metric")["value"]
     assert same_values["kl_to_base"] == same_values["kl_to_base_own_prompt"] == values["kl_to_base"]
 

@@ -38,14 +38,58 @@ def files(tmp_path_factory):
             "evolved": root / "population_evolved.json"}
 
 
-def _evaluate(files, model_dir, after: int, out, base_dir=None, population="seed_population"):
+def _evaluate(files, model_dir, after: int, out, base_dir=None, population="seed_population", cache=None):
     out.mkdir(parents=True, exist_ok=True)
     cli.main(["evaluate", "--policy", str(model_dir), "--population", str(files[population]),
               "--seed-population", str(files["seed_population"]), "--base-model", str(base_dir or model_dir),
               "--data", str(files["data"]), "--after-rounds", str(after), "--seed", str(RUN_SEED),
               "--settings", json.dumps(SETTINGS), "--out", str(out / "eval.parquet"),
-              "--samples", str(out / "samples.parquet"), "--provenance", str(out / "provenance.json")])
+              "--samples", str(out / "samples.parquet"), "--provenance", str(out / "provenance.json"),
+              *(["--sample-cache", str(cache)] if cache else [])])
     return pd.read_parquet(out / "eval.parquet"), pd.read_parquet(out / "samples.parquet")
+
+
+def _decompose(files, policy, base, out, cache=None):
+    out.mkdir(parents=True, exist_ok=True)
+    cli.main(["decompose", "--policy", str(policy), "--base-model", str(base),
+              "--population", str(files["evolved"]), "--seed-population", str(files["seed_population"]),
+              "--data", str(files["data"]), "--after-rounds", "2", "--seed", str(RUN_SEED),
+              "--settings", json.dumps(SETTINGS), "--out", str(out / "decomposition.parquet"),
+              "--samples", str(out / "samples.parquet"), "--provenance", str(out / "provenance.json"),
+              *(["--sample-cache", str(cache)] if cache else [])])
+    return pd.read_parquet(out / "decomposition.parquet"), pd.read_parquet(out / "samples.parquet")
+
+
+def _shared(out) -> dict:
+    return json.loads((out / "provenance.json").read_text())["shared"]
+
+
+def test_a_shared_evaluation_equals_the_one_computed_afresh(files, tiny_model_dir, drifted_dir, tmp_path):
+    """Draws shared through the sample cache give exactly the numbers and samples of a fresh evaluation;
+    a repeat evaluation reuses every draw and KL and loads no model; the decomposition reuses the three
+    cells the evaluations before and after training drew, and draws only base weights x evolved prompt."""
+    cache = tmp_path / "shared"
+    fresh = _evaluate(files, drifted_dir, 1, tmp_path / "fresh", tiny_model_dir, "evolved")
+    first = _evaluate(files, drifted_dir, 1, tmp_path / "first", tiny_model_dir, "evolved", cache)
+    again = _evaluate(files, drifted_dir, 1, tmp_path / "again", tiny_model_dir, "evolved", cache)
+    for shared in (first, again):
+        for ours, theirs in zip(shared, fresh, strict=True):
+            pd.testing.assert_frame_equal(ours, theirs)
+    computed = _shared(tmp_path / "first")["computed"]
+    assert len(computed) == 4 and not _shared(tmp_path / "first")["reused"]  # 2 draws, 2 KL sums
+    reused = _shared(tmp_path / "again")["reused"]
+    assert [r["key"] for r in reused] == computed and not _shared(tmp_path / "again")["computed"]
+    assert {r["computed_by"] for r in reused} == {str(tmp_path / "first" / "provenance.json")}
+    timings = json.loads((tmp_path / "again" / "provenance.json").read_text())["timings_s"]
+    assert "model_load" not in timings and "base_model_load" not in timings
+
+    _evaluate(files, tiny_model_dir, 0, tmp_path / "before", cache=cache)
+    decomposition = _decompose(files, drifted_dir, tiny_model_dir, tmp_path / "decompose", cache)
+    for ours, theirs in zip(decomposition, _decompose(files, drifted_dir, tiny_model_dir, tmp_path / "alone"),
+                            strict=True):
+        pd.testing.assert_frame_equal(ours, theirs)
+    assert len(_shared(tmp_path / "decompose")["reused"]) == 3
+    assert len(_shared(tmp_path / "decompose")["computed"]) == 1
 
 
 def test_the_same_weights_and_prompt_give_the_same_numbers_at_every_evaluation_point(files, tiny_model_dir):

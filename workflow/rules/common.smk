@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 from snakemake.settings.types import DeploymentMethod
 
-from fst import settings
-from fst.config import ConfigError, problems_per_round
+from fst import settings, warm
+from fst.config import ConfigError
 from fst.device import missing_here
 from fst.kinds import runs as kind_runs
 from fst.kinds.continual import seed_prompt_warning as continual_seed_prompt_warning
@@ -31,14 +31,33 @@ except ConfigError as error:
 POINTS = list(POINT_CONFIG)
 
 
+def jobs_run_here():
+    """Whether jobs run on this machine in Snakemake's own environment (not on a cluster, not in conda envs)."""
+    in_conda_envs = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    return workflow.local_exec and not in_conda_envs
+
+
+def start_warm_runner():
+    """Called on start: for jobs that run here, the warm stage runner (fst.warm), whose children start
+    each stage with torch, transformers and TRL already imported. FST_WARM_RUNNER=off runs without."""
+    if not jobs_run_here():
+        return
+    path = warm.start(".snakemake/log/fst_warm_runner.log")
+    if path:
+        os.environ[warm.VARIABLE] = path  # the jobs' `fst` finds it there
+
+
+def stop_warm_runner():
+    warm.stop(os.environ.get(warm.VARIABLE))
+
+
 def check_devices_here():
     """Called on start (before any job): when jobs run on this machine, in this environment, a GPU, the
     GPUs of slow.gpus or vLLM it lacks stops the run now. Not while the Snakefile is parsed: the
     executor is not known then (a cluster run from a login node without a GPU would be refused). Not
     with conda deployment: the stages run in envs/*.yaml, not in Snakemake's environment. Elsewhere
     each model stage checks its own node when it starts (fst.device.resolve, fst slow)."""
-    in_conda_envs = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    if not workflow.local_exec or in_conda_envs:
+    if not jobs_run_here():
         return
     missing = sorted({p for cfg in POINT_CONFIG.values() for p in missing_here(cfg, _config_source())})
     if missing:
@@ -56,6 +75,7 @@ ROUND = f"{RUN}/round{{round}}"
 AFTER = f"{RUN}/eval/after{{k}}"
 POSTHOC = f"{RUN}/posthoc_gepa/after{{k}}"
 REPORT_DIR = f"{EXP_DIR}/report"
+SAMPLE_CACHE = f"{EXP_DIR}/shared_samples"  # evaluation draws shared by content (fst.sample_cache)
 # Every run of the experiment's kinds: {folder under the point: fst.kinds.Run}; the `arm` wildcard is
 # that folder (an arm's name for the main runs, continual-<arm>, plasticity-from-<init>).
 RUNS = kind_runs(config)
@@ -281,11 +301,7 @@ def fast_settings(wildcards):
 
 
 def rollout_settings(wildcards):
-    cfg = point_config(wildcards)
-    return _sampling(cfg) | settings.runtime(cfg) | settings.engine(cfg) | {
-        "group_size": cfg["rollout"]["group_size"],
-        "problems": problems_per_round(cfg),
-    }
+    return settings.rollout_stage(point_config(wildcards))
 
 
 def slow_settings(wildcards):

@@ -1,6 +1,8 @@
 # Evaluation of the state after k rounds (k = 0 is the base model with the seed prompt), the held-out
 # test split at the end, and the report's evaluations. Every evaluation of a run samples with the one
-# evaluation seed of that run (common random numbers).
+# evaluation seed of that run (common random numbers). What one evaluation has drawn, another with the
+# same weights, prompt, problems and seed reuses from SAMPLE_CACHE (fst.sample_cache; each stage's
+# provenance says which draws it reused and which stage made them).
 
 
 rule evaluate:
@@ -24,6 +26,7 @@ rule evaluate:
         runtime=evaluation_runtime,
     params:
         settings=lambda w: as_json(evaluate_settings(w)),
+        sample_cache=SAMPLE_CACHE,
     message:
         "{wildcards.arm} seed {wildcards.seed}: evaluation after {wildcards.k} rounds"
     conda:
@@ -32,7 +35,8 @@ rule evaluate:
         "fst evaluate --policy {input.policy} --population {input.population} "
         "--seed-population {input.seed_population} --base-model {input.base_model} --data {input.data} --tasks {input.tasks} --ood {input.ood} "
         "--after-rounds {wildcards.k} --seed {wildcards.seed} --settings {params.settings:q} "
-        "--out {output.eval} --samples {output.samples} --provenance {output.provenance} 2> {log}"
+        "--sample-cache {params.sample_cache} --out {output.eval} --samples {output.samples} "
+        "--provenance {output.provenance} 2> {log}"
 
 
 use rule evaluate as evaluate_posthoc with:
@@ -44,6 +48,9 @@ use rule evaluate as evaluate_posthoc with:
         data=eval_data("data"),
         tasks=[],
         ood=eval_data("ood"),
+        # arm rl's own final evaluation first: its seed-prompt samples, KL and out-of-domain draws are
+        # this evaluation's too (shared, not drawn again)
+        reuses=f"{AFTER}/eval.parquet",
     output:
         eval=f"{POSTHOC}/eval.parquet",
         samples=f"{POSTHOC}/samples.parquet",
@@ -74,6 +81,7 @@ rule evaluate_test:
         f"{RUN}/eval/benchmarks/test.tsv"
     params:
         settings=lambda w: as_json(evaluate_settings(w)),
+        sample_cache=SAMPLE_CACHE,
     message:
         "{wildcards.arm} seed {wildcards.seed}: held-out test split, final and selected rounds"
     conda:
@@ -81,7 +89,8 @@ rule evaluate_test:
     shell:
         "fst evaluate-test --evals {input.evals} --policies {input.policies} "
         "--populations {input.populations} --data {input.data} --seed {wildcards.seed} "
-        "--settings {params.settings:q} --out {output.test} --samples {output.samples} "
+        "--settings {params.settings:q} --sample-cache {params.sample_cache} --out {output.test} "
+        "--samples {output.samples} "
         "--provenance {output.provenance} 2> {log}"
 
 
@@ -92,6 +101,8 @@ rule decompose:
         seed_population=f"{EXP_DIR}/{{point}}/population_seed.json",
         base_model=f"{EXP_DIR}/base_model",
         data=lambda w: data_path(RUNS[w.arm].task_after(RUNS[w.arm].rounds)),
+        # the evaluations before and after training first: three of the four cells are their samples
+        reuses=[f"{RUN}/eval/after0/eval.parquet", f"{RUN}/eval/after{config['rounds']}/eval.parquet"],
     output:
         table=f"{RUN}/eval/decomposition.parquet",
         samples=f"{RUN}/eval/decomposition_samples.parquet",
@@ -102,6 +113,7 @@ rule decompose:
         f"{RUN}/eval/benchmarks/decomposition.tsv"
     params:
         settings=lambda w: as_json(evaluate_settings(w)),
+        sample_cache=SAMPLE_CACHE,
         after=config["rounds"],
     message:
         "{wildcards.arm} seed {wildcards.seed}: channel decomposition after {params.after} rounds"
@@ -111,4 +123,5 @@ rule decompose:
         "fst decompose --policy {input.policy} --base-model {input.base_model} "
         "--population {input.population} --seed-population {input.seed_population} --data {input.data} "
         "--after-rounds {params.after} --seed {wildcards.seed} --settings {params.settings:q} "
-        "--out {output.table} --samples {output.samples} --provenance {output.provenance} 2> {log}"
+        "--sample-cache {params.sample_cache} --out {output.table} --samples {output.samples} "
+        "--provenance {output.provenance} 2> {log}"

@@ -1,7 +1,8 @@
 """What the model stages share: the device and engine they compute on, and the policy they sample.
 
 `resolve_runtime` picks (and records) device, dtype and generation backend; `open_generation` gives
-the backend's sampling engine on a policy, `opened` the same for one part of a stage.
+the backend's sampling engine on a policy, `opened` the same for one part of an evaluation stage,
+sampling only what the shared sample cache lacks.
 """
 
 from __future__ import annotations
@@ -74,10 +75,35 @@ def open_generation(policy: str, runtime, cfg: dict, prov: Provenance) -> Genera
     return Generation(None, sampler.tokenizer, engine, sampler.close)
 
 
+class SharedGeneration:
+    """A stage part's engine on one policy that samples only what the shared sample cache lacks
+    (fst.sample_cache): the backend's engine is opened at the first miss, never when every draw is
+    shared. `generation` is the opened engine (None until then); `tokenizer` is the policy's."""
+
+    def __init__(self, policy: str, runtime, cfg: dict, prov: Provenance, cache):
+        from fst.policy import load_tokenizer
+        from fst.sample_cache import weights_key
+
+        self.policy, self.runtime, self.cfg, self.prov = policy, runtime, cfg, prov
+        self.weights = weights_key(Path(policy))
+        self.generation: Generation | None = None
+        self.tokenizer = load_tokenizer(Path(policy))
+        self.engine = cache.engine(self.weights, self._open)
+
+    def _open(self):
+        self.generation = open_generation(self.policy, self.runtime, self.cfg, self.prov)
+        return self.generation.engine
+
+    def close(self) -> None:
+        if self.generation is not None:
+            self.generation.close()
+            self.generation = None
+
+
 @contextmanager
-def opened(policy: str, runtime, cfg: dict, prov: Provenance):
-    """`open_generation` for one part of a stage: its engine is closed when the part is done."""
-    generation = open_generation(policy, runtime, cfg, prov)
+def opened(policy: str, runtime, cfg: dict, prov: Provenance, cache):
+    """A SharedGeneration on `policy` for one part of a stage: its engine is closed when the part is done."""
+    generation = SharedGeneration(policy, runtime, cfg, prov, cache)
     try:
         yield generation
     finally:

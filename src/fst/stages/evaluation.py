@@ -22,15 +22,23 @@ def _bootstrap(cfg: dict):
     return Bootstrap(cfg["bootstrap_resamples"], cfg["bootstrap_seed"])
 
 
+def _sample_cache(args, runtime, prov: Provenance):
+    """The shared samples (`--sample-cache`; without it the stage computes everything itself)."""
+    from fst.sample_cache import SampleCache, runtime_identity
+
+    return SampleCache(args.sample_cache, runtime_identity(runtime), prov, str(args.provenance))
+
+
 def cmd_evaluate(args) -> None:
     """Evaluation stage: validation mean@k (of every task of a continual schedule), KL to the base
     model, out-of-domain accuracy."""
     import pandas as pd
 
     from fst.data import load_split
-    from fst.evaluate import evaluate, evaluation_seed
+    from fst.evaluate import evaluate, evaluation_seed, token_kl_per_completion
     from fst.policy import load_policy
     from fst.population import best_member, load_population
+    from fst.sample_cache import weights_key
     from fst.tasks.splits import frame_to_problems
 
     cfg = json.loads(args.settings)
@@ -50,23 +58,30 @@ def cmd_evaluate(args) -> None:
         if problems:
             ood[problems[0].task] = problems
     others = {problems[0].task: problems for problems in map(partial(load_split, split="val"), args.tasks)}
-    with opened(args.policy, runtime, cfg, prov) as generation:
+    cache = _sample_cache(args, runtime, prov)
+    with opened(args.policy, runtime, cfg, prov, cache) as generation:
+        models = []  # (policy, base) for the KL, loaded at the first KL the cache lacks
 
-        def kl_models():
-            """(policy, base) for the KL, once sampling is done (a vLLM engine closes first)."""
-            model = generation.model
-            if model is None:
-                generation.close()
-                model, _ = load_model(args.policy, runtime, prov)
-            with prov.timed("base_model_load"):
-                return model, load_policy(Path(args.base_model), runtime.dtype, runtime.device)[0]
+        def kl_sums(samples):
+            if not models:  # sampling is done: a vLLM engine closes first
+                opened_model = generation.generation.model if generation.generation else None
+                if opened_model is None:
+                    generation.close()
+                    opened_model, _ = load_model(args.policy, runtime, prov)
+                with prov.timed("base_model_load"):
+                    base, _ = load_policy(Path(args.base_model), runtime.dtype, runtime.device)
+                models.extend([opened_model, base])
+            return token_kl_per_completion(*models, samples, cfg["temperature"])
 
         policy_is_base = Path(args.policy).resolve() == Path(args.base_model).resolve()
+        kl = None if policy_is_base else cache.kl_sums(
+            generation.weights, weights_key(Path(args.base_model)), cfg["temperature"], kl_sums
+        )
         with prov.timed("generate_and_score"):
             table, samples = evaluate(
                 generation.engine,
                 generation.tokenizer,
-                None if policy_is_base else kl_models,
+                kl,
                 load_split(args.data, "val"),
                 best_member(load_population(args.population)),
                 best_member(load_population(args.seed_population)),
@@ -111,12 +126,13 @@ def cmd_evaluate_test(args) -> None:
     prov = Provenance("evaluate_test", inputs, cfg, seed=args.seed)
     test = load_split(args.data, "test")
     runtime = resolve_runtime(cfg, prov)
+    cache = _sample_cache(args, runtime, prov)
     rows, frames, done = [], [], {}
     for selection, after in chosen.items():
         if after not in done:
             _, policy, population = states[after]
             with (
-                opened(policy, runtime, cfg, prov) as generation,
+                opened(policy, runtime, cfg, prov, cache) as generation,
                 prov.timed(f"generate_and_score_after{after}"),
             ):
                 done[after] = evaluate_test(
@@ -163,11 +179,12 @@ def cmd_decompose(args) -> None:
     }
     prov = Provenance("decompose", inputs, cfg, seed=args.seed)
     runtime = resolve_runtime(cfg, prov)
+    cache = _sample_cache(args, runtime, prov)
 
     def engine_on(policy):
         @contextmanager
         def engine_opened():
-            with opened(policy, runtime, cfg, prov) as generation:
+            with opened(policy, runtime, cfg, prov, cache) as generation:
                 yield generation.engine
 
         return engine_opened

@@ -1,0 +1,123 @@
+"""Evaluation samples and KL sums keyed by content, computed once and shared between the stages that
+would otherwise compute them again.
+
+The evaluation stages draw the same samples more than once: every arm's evaluation before training
+samples the base model with the seed prompt; arm gepa's out-of-domain problems (no prompt, frozen base
+weights) are the same every round; the channel decomposition's cells are the evaluation's samples of
+the base and the final round, and post-hoc GEPA's seed-prompt context is arm rl's final evaluation.
+A draw is a pure function of the weights, the prompt token ids, the sampling settings, the seed and the
+runtime (fst.generation.sample seeds once per call; a vLLM sampler seeds every request), so a stage
+asks here first and samples only what no stage has drawn yet.
+
+Keys: sha256 over the weights (the policy's and its base model's content hashes), the prompts' token
+ids, the settings, the seed, and the runtime (device, dtype, backend, CPU threads, package versions,
+git commit): anything that could change a number makes another key. Each entry is a Parquet file
+and a JSON record saying which stage computed it; a stage's provenance lists every entry it reused and
+where it came from. Written by hand: Snakemake's between-workflow cache keys whole jobs by their
+rules' code and inputs, and these jobs differ while parts of their work do not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+
+from fst import artifacts
+
+log = logging.getLogger(__name__)
+
+
+def weights_key(policy: Path) -> str:
+    """The content of a policy: its own weights' hash and, for an adapter, its base model's."""
+    from fst.policy import base_model_of
+
+    own, base = artifacts.content_hash(policy), artifacts.content_hash(base_model_of(policy))
+    return own if own == base else f"{own}+{base}"
+
+
+def runtime_identity(runtime) -> dict:
+    """What the numbers depend on besides the inputs: the device, dtype and backend, the CPU threads,
+    the packages and the code."""
+    import torch
+
+    return {
+        "device": runtime.device,
+        "dtype": runtime.dtype,
+        "backend": runtime.backend,
+        "cpu_threads": torch.get_num_threads() if runtime.device == "cpu" else None,
+        "versions": artifacts.package_versions(),
+        "git_commit": artifacts.git_commit(),
+    }
+
+
+class SampleCache:
+    """A folder of shared samples; `stage` is the provenance record of the stage asking."""
+
+    def __init__(self, folder: Path | None, runtime: dict, provenance: artifacts.Provenance, stage: str):
+        self.folder = Path(folder) if folder else None
+        self.runtime = runtime
+        self.prov = provenance
+        self.stage = stage  # where this stage's provenance goes: named as the source of what it computes
+        self.prov.record.setdefault("shared", {"reused": [], "computed": []})
+
+    def key(self, kind: str, **content) -> str:
+        text = json.dumps({"kind": kind, "runtime": self.runtime, **content}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def get(self, key: str) -> pd.DataFrame | None:
+        if self.folder is None or not (self.folder / f"{key}.json").is_file():
+            return None
+        record = artifacts.read_json(self.folder / f"{key}.json")
+        self.prov.record["shared"]["reused"].append({"key": key, "computed_by": record["computed_by"]})
+        return pd.read_parquet(self.folder / f"{key}.parquet")
+
+    def put(self, key: str, frame: pd.DataFrame) -> None:
+        self.prov.record["shared"]["computed"].append(key)
+        if self.folder is None:
+            return
+        artifacts.write_parquet(frame, self.folder / f"{key}.parquet")
+        artifacts.write_json({"computed_by": self.stage}, self.folder / f"{key}.json")  # last: marks it whole
+
+    def engine(self, weights: str, open_engine: Callable[[], Callable]) -> Callable:
+        """An engine(tokenizer, prompts, settings, seed) that samples `weights` only on a miss:
+        `open_engine()` gives the real engine, opened at the first miss (never, if all are shared)."""
+        from fst.generation import Completion
+
+        opened: list[Callable] = []
+
+        def sample(tokenizer, prompts, settings, seed):
+            key = self.key("samples", weights=weights, prompts=prompts, settings=vars(settings), seed=seed)
+            frame = self.get(key)
+            if frame is not None:
+                return [Completion(row.ids.tolist(), row.logprobs.tolist(), row.finish_reason, row.text)
+                        for row in frame.itertuples()]
+            if not opened:
+                opened.append(open_engine())
+            completions = opened[0](tokenizer, prompts, settings, seed)
+            self.put(key, pd.DataFrame([vars(c) for c in completions],
+                                       columns=["ids", "logprobs", "finish_reason", "text"]))
+            return completions
+
+        return sample
+
+    def kl_sums(self, weights: str, base: str, temperature: float, compute: Callable) -> Callable:
+        """kl(samples) -> (per-completion KL sums, token counts) of `weights` against `base`, computed by
+        `compute(samples)` only on a miss."""
+
+        def kl(samples: pd.DataFrame):
+            sequences = [[list(map(int, p)), list(map(int, c))]
+                         for p, c in zip(samples["prompt_ids"], samples["completion_ids"], strict=True)]
+            key = self.key("kl", weights=weights, base=base, temperature=temperature, sequences=sequences)
+            frame = self.get(key)
+            if frame is None:
+                sums, counts = compute(samples)
+                frame = pd.DataFrame({"sums": sums, "counts": counts})
+                self.put(key, frame)
+            return frame["sums"].to_numpy(), frame["counts"].to_numpy()
+
+        return kl
