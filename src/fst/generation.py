@@ -53,7 +53,8 @@ def _trim(ids: list[int], logprobs: list[float], eos_id: int) -> tuple[list[int]
 
 def _generation_config(tokenizer, settings: SamplingSettings):
     """Every sampling choice explicit: a model's generation_config.json (top_k 50, top_p 0.9,
-    repetition penalties, ...) would otherwise change the distribution without our knowing."""
+    repetition penalties, ...) would otherwise change the distribution without our knowing. A filter
+    set to None would take the model's value, so each is set to the value that filters nothing."""
     from transformers import GenerationConfig
 
     greedy = settings.temperature == 0

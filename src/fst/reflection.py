@@ -142,6 +142,7 @@ class LocalReflectionLM(_CountedLM):
         dtype: str,
         device: str = "cpu",
         system_prompt: str = DEFAULT_LOCAL_SYSTEM_PROMPT,
+        model=None,
     ):
         self.model_dir = Path(model_dir)
         self.max_new_tokens = int(max_new_tokens)
@@ -152,7 +153,7 @@ class LocalReflectionLM(_CountedLM):
         self.system_prompt = system_prompt
         self.usage = ReflectionUsage()
         self.last_error: str | None = None
-        self._model = None
+        self._model = model  # the stage's own copy of these weights, when it has one (loaded once per job)
         self._tokenizer = None
 
     def __repr__(self) -> str:
@@ -162,10 +163,13 @@ class LocalReflectionLM(_CountedLM):
         )
 
     def _load(self) -> None:
-        from fst.policy import load_policy
+        from fst.policy import load_policy, load_tokenizer
 
         started = time.perf_counter()
-        model, tokenizer = load_policy(self.model_dir, self.dtype, self.device)
+        if self._model is None:
+            model, tokenizer = load_policy(self.model_dir, self.dtype, self.device)
+        else:
+            model, tokenizer = self._model, load_tokenizer(self.model_dir)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._model, self._tokenizer = model, tokenizer
@@ -198,7 +202,7 @@ class LocalReflectionLM(_CountedLM):
 
         self.usage.calls += 1
         try:
-            if self._model is None:
+            if self._tokenizer is None:
                 self._load()
             started = time.perf_counter()
             system, user = _prompt_parts(prompt)
@@ -384,15 +388,18 @@ class OpenAICompatibleLM(_CountedLM):
 # Construction, provenance, proposal parsing
 
 
-def make_reflection_lm(cfg: dict, base_model_dir: Path, seed: int, dtype: str, device: str = "cpu"):
+def make_reflection_lm(cfg: dict, base_model_dir: Path, seed: int, dtype: str, device: str = "cpu",
+                       base_model=None):
     """The reflection LM the config's validated `reflection` section names (every key present).
 
-    `local` is the frozen base model (in the policy's dtype); `openai` any OpenAI-compatible endpoint.
+    `local` is the frozen base model (in the policy's dtype; `base_model` when the stage has it loaded
+    already); `openai` any OpenAI-compatible endpoint.
     """
     backend = cfg["backend"]
     if backend == "local":
         return LocalReflectionLM(Path(base_model_dir), max_new_tokens=cfg["max_tokens"],
-                                 temperature=cfg["temperature"], seed=seed, dtype=dtype, device=device)
+                                 temperature=cfg["temperature"], seed=seed, dtype=dtype, device=device,
+                                 model=base_model)
     if backend == "openai":
         for key, example in (
             ("base_url", "the server's OpenAI-compatible URL, e.g. http://localhost:8000/v1 (vLLM)"),

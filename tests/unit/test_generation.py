@@ -154,12 +154,12 @@ def test_greedy_gives_the_argmax_tokens(tiny, prompts):
 
 
 def test_the_models_own_sampling_defaults_are_ignored(tiny, prompts):
-    """A generation_config.json with top-k, nucleus or a repetition penalty must not change what we
+    """A generation_config.json with top-k, nucleus, min-p or a repetition penalty must not change what we
     sample from: the trainer scores the full distribution at τ."""
     model, tokenizer = tiny
     settings = SamplingSettings(max_new_tokens=4, temperature=TEMPERATURE, batch_size=8)
     saved = model.generation_config
-    hostile = saved.to_dict() | {"top_k": 5, "top_p": 0.5, "repetition_penalty": 2.0}
+    hostile = saved.to_dict() | {"top_k": 5, "top_p": 0.5, "min_p": 0.3, "repetition_penalty": 2.0}
     model.generation_config = type(saved)(**hostile)
     try:
         done = sample(model, tokenizer, prompts, settings, 2)

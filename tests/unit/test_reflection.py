@@ -179,6 +179,21 @@ def test_local_backend_loads_once_and_counts_tokens(tiny_model_dir, monkeypatch)
     assert lm.usage.prompt_tokens - expected_prompt + 6 <= 512
 
 
+def test_local_backend_given_the_stages_base_model_loads_nothing_and_reflects_the_same(tiny_model_dir,
+                                                                                       monkeypatch):
+    """Arm gepa's fast stage has the base model loaded as its policy: the reflection LM uses that copy
+    (one load per job) and proposes exactly what a reflection LM with its own copy would."""
+    import fst.policy
+
+    own = LocalReflectionLM(tiny_model_dir, max_new_tokens=6, temperature=1.0, seed=3, dtype="float32")
+    expected = [own("Write a better instruction."), own("Write another.")]
+    model, _ = fst.policy.load_policy(tiny_model_dir)
+    monkeypatch.setattr(fst.policy, "load_policy", lambda *a, **k: pytest.fail("loaded the model again"))
+    shared = make_reflection_lm(default_config()["reflection"] | {"max_tokens": 6}, tiny_model_dir, 3,
+                                "float32", base_model=model)
+    assert [shared("Write a better instruction."), shared("Write another.")] == expected
+
+
 def test_local_backend_missing_folder_is_a_reflection_error(tmp_path):
     lm = LocalReflectionLM(tmp_path / "nowhere", max_new_tokens=6, temperature=1.0, seed=0, dtype="float32")
     with pytest.raises(ReflectionError, match="local reflection model"):

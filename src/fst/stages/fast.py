@@ -70,8 +70,11 @@ def _gepa_round(args, cfg: dict, members, prov: Provenance):
         load_split(args.data, "train"), args.seed, args.round, fast["anchors"], fast["pareto_problems"]
     )
     seed = args.seed * 1_000_003 + 700_000 + args.round
+    # the frozen base weights are loaded once: arm gepa's policy is the base model itself
+    policy_is_base = Path(args.policy).resolve() == Path(args.base_model).resolve()
     lm = make_reflection_lm(
-        cfg["reflection"], Path(args.base_model), seed=seed, dtype=runtime.dtype, device=runtime.device
+        cfg["reflection"], Path(args.base_model), seed=seed, dtype=runtime.dtype, device=runtime.device,
+        base_model=generation.model if policy_is_base else None,
     )
     prov.record["reflection"] = describe(lm)
     reflection = GuardedReflection(lm)
