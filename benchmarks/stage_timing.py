@@ -8,11 +8,12 @@ a folder named provenance) and the Snakemake benchmark TSV of the same job where
 `provenance<suffix>.json`. Per stage kind (the record's "stage") it prints how many jobs ran, their
 mean wall time, the peak max_rss and how the wall time splits into
 
-* start-up: process_start (interpreter start to `fst` main) + imports + model_load + base_model_load;
+* start-up: everything of the job outside the stage's own record (Snakemake's `s` minus the record's
+  wall_s: interpreter start, imports before the stage, hashing the inputs for provenance, teardown;
+  process_start where there is no benchmark) + imports + model_load + base_model_load;
 * work: every other timed section (generate, train, generate_and_score, model_load_and_save, ...),
   or the whole in-process time of a stage that times no sections;
-* untimed: the rest of the job's wall time (input hashing, writing outputs, interpreter teardown,
-  and for stages that do not record process_start, the interpreter start too).
+* untimed: the rest of the record's wall time (writing outputs, the stage's own bookkeeping).
 
 A job's wall time is Snakemake's `s` when its benchmark exists, else process_start + wall_s from the
 record. Shares are over the summed wall time of the kind. Writes benchmarks/results/stage_timing.json.
@@ -93,13 +94,15 @@ def job_timing(record_path: Path, experiment: Path) -> dict | None:
         return None
     timings = {k: float(v) for k, v in (record.get("timings_s") or {}).items() if v is not None}
     in_process = float(record.get("wall_s") or 0.0)
-    startup = sum(timings.get(k, 0.0) for k in STARTUP)
-    work_keys = [k for k in timings if k not in STARTUP]
-    work = sum(timings[k] for k in work_keys) if work_keys else in_process - startup
     tsv = benchmark_for(record_path)
     bench = read_benchmark(tsv) if tsv else {"s": None, "max_rss_mb": None, "rows": 0}
     own_wall = timings.get("process_start", 0.0) + in_process
     wall = bench["s"] if bench["s"] is not None else own_wall
+    outside = max(wall - in_process, 0.0)  # process start, imports before the stage, hashing, teardown
+    inside = sum(timings.get(k, 0.0) for k in STARTUP if k != "process_start")
+    startup = outside + inside
+    work_keys = [k for k in timings if k not in STARTUP]
+    work = sum(timings[k] for k in work_keys) if work_keys else in_process - inside
     return {
         "record": str(record_path.relative_to(experiment)),
         "benchmark": str(tsv.relative_to(experiment)) if tsv else None,
@@ -107,7 +110,9 @@ def job_timing(record_path: Path, experiment: Path) -> dict | None:
         "wall_s": wall,
         "benchmark_s": bench["s"],
         "record_wall_s": in_process,
-        "max_rss_mb": bench["max_rss_mb"],
+        # the stage's own peak where it recorded one (a stage forked by the warm runner is not in
+        # Snakemake's benchmark, which then measures only the `fst` client)
+        "max_rss_mb": record.get("peak_rss_mb", bench["max_rss_mb"]),
         "startup_s": startup,
         "work_s": work,
         "untimed_s": max(wall - startup - work, 0.0),

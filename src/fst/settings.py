@@ -8,6 +8,7 @@ stages (as JSON on their command line), so a stage can never silently fall back 
 from __future__ import annotations
 
 import shlex
+from dataclasses import asdict
 
 from fst.generation import SamplingSettings
 from fst.slow import LoraSettings, SlowConfig
@@ -21,6 +22,16 @@ def sampling(cfg: dict) -> SamplingSettings:
         temperature=rollout["temperature"],
         batch_size=rollout["batch_size"],
     )
+
+
+def rollout_stage(cfg: dict) -> dict:
+    """The rollout stage's settings: how it samples, where, and how many groups of which size."""
+    from fst.config import problems_per_round
+
+    return asdict(sampling(cfg)) | runtime(cfg) | engine(cfg) | {
+        "group_size": cfg["rollout"]["group_size"],
+        "problems": problems_per_round(cfg),
+    }
 
 
 def runtime(cfg: dict) -> dict:
