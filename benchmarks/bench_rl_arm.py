@@ -87,7 +87,9 @@ def run_ours(model: Path, files: dict, folder: Path, cfg: dict, rounds: int, soc
     started = time.perf_counter()
     for job in _jobs(model, files, folder / "run", cfg, rounds):
         t0 = time.perf_counter()
-        subprocess.run(["fst", *job], env=env, check=True, stderr=subprocess.DEVNULL)
+        done = subprocess.run(["fst", *job], env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"fst {job[0]} failed:\n{done.stderr}")
         times[job[0]] = times.get(job[0], 0.0) + time.perf_counter() - t0
     return {"wall_s": time.perf_counter() - started, "per_stage_s": times}
 
@@ -95,9 +97,12 @@ def run_ours(model: Path, files: dict, folder: Path, cfg: dict, rounds: int, soc
 def run_peer(model: Path, files: dict, folder: Path, rounds: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=THREADS)
     started = time.perf_counter()
-    subprocess.run([sys.executable, __file__, "--peer", str(model), str(files["data"]), str(folder),
-                    str(rounds)], env=env, check=True)
-    return {"wall_s": time.perf_counter() - started}
+    done = subprocess.run([sys.executable, __file__, "--peer", str(model), str(files["data"]), str(folder),
+                           str(rounds)], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"the peer failed:\n{done.stderr}")
+    return {"wall_s": wall}
 
 
 def peer(model: Path, data: Path, folder: Path, rounds: int) -> None:

@@ -10,11 +10,12 @@ runtime (fst.generation.sample seeds once per call; a vLLM sampler seeds every r
 asks here first and samples only what no stage has drawn yet.
 
 Keys: sha256 over the weights (the policy's and its base model's content hashes), the prompts' token
-ids, the settings, the seed, and the runtime (device, dtype, backend, CPU threads, package versions,
-git commit): anything that could change a number makes another key. Each entry is a Parquet file
-and a JSON record saying which stage computed it; a stage's provenance lists every entry it reused and
-where it came from. Written by hand: Snakemake's between-workflow cache keys whole jobs by their
-rules' code and inputs, and these jobs differ while parts of their work do not.
+ids, the settings, the seed, and the runtime (device, dtype, backend and vLLM engine settings, CPU
+threads, package versions, git commit): anything that could change a number makes another key. Each
+entry is a Parquet file and a JSON record saying which stage computed it; a stage's provenance lists
+every entry it reused and where it came from. Written by hand: Snakemake's between-workflow cache
+keys whole jobs by their rules' code and inputs, and these jobs differ while parts of their work do
+not.
 """
 
 from __future__ import annotations
@@ -40,15 +41,16 @@ def weights_key(policy: Path) -> str:
     return own if own == base else f"{own}+{base}"
 
 
-def runtime_identity(runtime) -> dict:
-    """What the numbers depend on besides the inputs: the device, dtype and backend, the CPU threads,
-    the packages and the code."""
+def runtime_identity(runtime, vllm_settings: dict | None = None) -> dict:
+    """What the numbers depend on besides the inputs: the device, dtype and backend (and a vLLM
+    engine's settings), the CPU threads (they change the sums' order), the packages and the code."""
     import torch
 
     return {
         "device": runtime.device,
         "dtype": runtime.dtype,
         "backend": runtime.backend,
+        "vllm": vllm_settings if runtime.backend == "vllm" else None,
         "cpu_threads": torch.get_num_threads() if runtime.device == "cpu" else None,
         "versions": artifacts.package_versions(),
         "git_commit": artifacts.git_commit(),

@@ -35,8 +35,9 @@ VARIABLE = "FST_WARM_RUNNER"  # the socket's path; "off" keeps Snakemake from st
 _HEADER = struct.Struct("!Q")
 _STREAMS = (0, 1, 2)
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# Set in a forked child: provenance records how the stage's process started.
+# Set in a forked child: provenance records how the stage's process started, and when (the fork).
 launched_by_server = False
+forked_at: float | None = None
 
 
 def _identity() -> dict:
@@ -243,7 +244,8 @@ def _finish_job(pidfd: int, selector, jobs) -> None:
 
 def _run_child(request: dict, fds: list[int], closing: list) -> None:
     """In the forked child: become the job's process and run the stage; never returns."""
-    global launched_by_server
+    global launched_by_server, forked_at
+    forked_at = time.time()
     code = 1
     try:
         for item in closing:

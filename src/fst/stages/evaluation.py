@@ -26,7 +26,8 @@ def _sample_cache(args, runtime, prov: Provenance):
     """The shared samples (`--sample-cache`; without it the stage computes everything itself)."""
     from fst.sample_cache import SampleCache, runtime_identity
 
-    return SampleCache(args.sample_cache, runtime_identity(runtime), prov, str(args.provenance))
+    vllm = json.loads(args.settings).get("vllm")
+    return SampleCache(args.sample_cache, runtime_identity(runtime, vllm), prov, str(args.provenance))
 
 
 def cmd_evaluate(args) -> None:
