@@ -10,19 +10,27 @@ runtime (fst.generation.sample seeds once per call; a vLLM sampler seeds every r
 asks here first and samples only what no stage has drawn yet.
 
 Keys: sha256 over the weights (the policy's and its base model's content hashes), the prompts' token
-ids, the settings, the seed, and the runtime (device, dtype, backend and vLLM engine settings, CPU
-threads, package versions, git commit): anything that could change a number makes another key. Each
+ids, the settings, the seed, and the runtime (device and its name, dtype, backend and vLLM engine
+settings, CPU model and threads, package versions, the fst source itself): anything that could
+change a number makes another key. Each
 entry is a Parquet file and a JSON record saying which stage computed it; a stage's provenance lists
 every entry it reused and where it came from. Written by hand: Snakemake's between-workflow cache
 keys whole jobs by their rules' code and inputs, and these jobs differ while parts of their work do
 not.
+
+Exactness: with transformers a reused draw equals a fresh one bit for bit (tested). vLLM seeds each
+request, but its batching and prefix cache may move bf16 sums slightly between calls, so there a reused
+draw is one a fresh run could have made, not always the very same bits. Jobs that miss the same key at
+the same moment (evaluations on two cluster nodes) both compute it: correct, but not shared.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import platform
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,19 +49,43 @@ def weights_key(policy: Path) -> str:
     return own if own == base else f"{own}+{base}"
 
 
+def _source_hash() -> str:
+    """sha256 of the fst package's source as this process imported it (a warm runner's children run
+    the code the runner imported, whatever the files say later)."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.py")):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+SOURCE = _source_hash()
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def runtime_identity(runtime, vllm_settings: dict | None = None) -> dict:
-    """What the numbers depend on besides the inputs: the device, dtype and backend (and a vLLM
-    engine's settings), the CPU threads (they change the sums' order), the packages and the code."""
+    """What the numbers depend on besides the inputs: the device (its name, CUDA and torch versions),
+    dtype and backend (and a vLLM engine's settings), the CPU and its threads (they change the sums'
+    order), the packages, and the code itself (its source, edits not yet committed included)."""
     import torch
 
+    from fst.device import describe
+
     return {
-        "device": runtime.device,
-        "dtype": runtime.dtype,
-        "backend": runtime.backend,
+        "runtime": describe(runtime),
         "vllm": vllm_settings if runtime.backend == "vllm" else None,
+        "cpu": _cpu_model(),
         "cpu_threads": torch.get_num_threads() if runtime.device == "cpu" else None,
         "versions": artifacts.package_versions(),
-        "git_commit": artifacts.git_commit(),
+        "source": SOURCE,
     }
 
 
@@ -87,10 +119,8 @@ class SampleCache:
 
     def engine(self, weights: str, open_engine: Callable[[], Callable]) -> Callable:
         """An engine(tokenizer, prompts, settings, seed) that samples `weights` only on a miss:
-        `open_engine()` gives the real engine, opened at the first miss (never, if all are shared)."""
+        `open_engine()` gives the real engine (opening it at the first miss: never, if all are shared)."""
         from fst.generation import Completion
-
-        opened: list[Callable] = []
 
         def sample(tokenizer, prompts, settings, seed):
             key = self.key("samples", weights=weights, prompts=prompts, settings=vars(settings), seed=seed)
@@ -98,9 +128,7 @@ class SampleCache:
             if frame is not None:
                 return [Completion(row.ids.tolist(), row.logprobs.tolist(), row.finish_reason, row.text)
                         for row in frame.itertuples()]
-            if not opened:
-                opened.append(open_engine())
-            completions = opened[0](tokenizer, prompts, settings, seed)
+            completions = open_engine()(tokenizer, prompts, settings, seed)
             self.put(key, pd.DataFrame([vars(c) for c in completions],
                                        columns=["ids", "logprobs", "finish_reason", "text"]))
             return completions

@@ -30,6 +30,7 @@ import socket
 import struct
 import sys
 import time
+from dataclasses import dataclass
 
 VARIABLE = "FST_WARM_RUNNER"  # the socket's path; "off" keeps Snakemake from starting a server
 _HEADER = struct.Struct("!Q")
@@ -41,8 +42,10 @@ forked_at: float | None = None
 
 
 def _identity() -> dict:
-    """What a child inherits from the server and must match the client's: interpreter and import path."""
-    return {"python": os.path.realpath(sys.executable), "pythonpath": os.environ.get("PYTHONPATH", "")}
+    """What a child inherits from the server and must match the client's: interpreter, environment
+    (a venv shares its base's interpreter) and import path."""
+    return {"python": os.path.realpath(sys.executable), "prefix": sys.prefix,
+            "pythonpath": os.environ.get("PYTHONPATH", "")}
 
 
 # --- client: the `fst` command -----------------------------------------------------------------------
@@ -82,7 +85,7 @@ def run_in_server(argv: list[str]) -> int | None:
         return None
     child = first["pid"]
     for signum in _FORWARDED:
-        signal.signal(signum, lambda signum, _frame: _signal_child(child, signum))
+        signal.signal(signum, lambda signum, _frame: _signal_group(child, signum))
     try:
         last = json.loads(replies.readline() or "{}")
     except (OSError, ValueError):
@@ -101,9 +104,10 @@ def _is_open(fd: int) -> bool:
     return True
 
 
-def _signal_child(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
+def _signal_group(pid: int, signum: int) -> None:
+    """Signal a forked stage and whatever it started (it leads its own process group)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
 
 
 # --- server --------------------------------------------------------------------------------------------
@@ -121,7 +125,7 @@ def preload() -> None:
     from trl import GRPOConfig, GRPOTrainer  # noqa: F401
 
     import fst.cli  # noqa: F401
-    from fst import evaluate, fast, generation, policy, reflection, rollout, slow  # noqa: F401
+    from fst import evaluate, fast, generation, policy, reflection, rollout, sample_cache, slow  # noqa: F401
 
     slow._trainer_class()
     for architecture in ("llama", "qwen2", "qwen3"):  # the default model's, and the paper's
@@ -129,42 +133,60 @@ def preload() -> None:
             __import__(f"transformers.models.{architecture}.modeling_{architecture}")
         except ImportError:
             continue
-    if torch.cuda.is_initialized():  # a forked child could not use the GPU
-        raise RuntimeError("the warm stage runner's imports started CUDA; it cannot fork stage processes")
+    with open("/proc/self/maps") as maps:  # a forked child could not use a GPU the server opened
+        if torch.cuda.is_initialized() or "libcuda.so" in maps.read():
+            raise RuntimeError("the warm stage runner's imports opened CUDA; it cannot fork stage processes")
+
+
+@dataclass(eq=False)
+class _Job:
+    """A forked stage: its process (leader of its own process group), pidfd and client connection."""
+
+    pid: int
+    pidfd: int
+    connection: socket.socket
+    done: bool = False
 
 
 def serve(path: str, parent: int, idle_s: float) -> None:
     """Serve jobs on the socket `path` until stopped, until process `parent` (the Snakemake run) is gone,
     or after `idle_s` seconds without a job."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # killed: still end the children and remove the socket
+        signal.signal(signum, lambda *_: sys.exit(0))
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # asking for a GPU must not start CUDA
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)  # jobs that connect while the imports run wait in the backlog
     started = time.perf_counter()
     preload()
-    print(f"warm stage runner: ready on {path} after {time.perf_counter() - started:.1f} s", flush=True)
+    import threading
+
+    print(f"warm stage runner: ready on {path} after {time.perf_counter() - started:.1f} s "
+          f"({threading.active_count()} thread(s))", flush=True)
     selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ, "accept")
-    jobs: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, client connection)
+    selector.register(listener, selectors.EVENT_READ, ("accept", None))
+    jobs: list[_Job] = []
     last_activity = time.monotonic()
     try:
         while True:
             for key, _ in selector.select(timeout=1.0):
                 last_activity = time.monotonic()
-                if key.data == "accept":
-                    job = _start_job(listener, selector, jobs)
-                    if job == "stop":
+                event, job = key.data
+                try:
+                    if event == "accept" and _start_job(listener, selector, jobs) == "stop":
                         return
-                elif key.data == "exited":
-                    _finish_job(key.fd, selector, jobs)
-                else:  # the client closed its connection (killed): stop its child too
-                    pid, _ = jobs[key.data]
-                    selector.unregister(key.fileobj)
-                    _signal_child(pid, signal.SIGTERM)
+                    if event == "exited":
+                        _finish_job(job, selector, jobs)
+                    elif event == "client" and not job.done:  # the client is gone (killed): end its stage
+                        selector.unregister(job.connection)
+                        _signal_group(job.pid, signal.SIGTERM)
+                except Exception as error:  # noqa: BLE001 - one job's trouble must not end the others
+                    print(f"warm stage runner: {type(error).__name__}: {error}", flush=True)
             if not _alive(parent) or (not jobs and time.monotonic() - last_activity > idle_s):
                 return
     finally:
-        for pid, _ in jobs.values():
-            _signal_child(pid, signal.SIGTERM)
+        for job in jobs:
+            _signal_group(job.pid, signal.SIGTERM)
         listener.close()
         if os.path.exists(path):
             os.unlink(path)
@@ -183,63 +205,82 @@ def _alive(pid: int) -> bool:
 
 
 def _receive(connection: socket.socket) -> tuple[dict, list[int]]:
+    """A request and the streams it passed (closed again if the request cannot be read whole)."""
+    connection.settimeout(30)
     header, fds, _, _ = socket.recv_fds(connection, _HEADER.size, len(_STREAMS))
-    (length,) = _HEADER.unpack(header)
-    body = b""
-    while len(body) < length:
-        chunk = connection.recv(length - len(body))
-        if not chunk:
-            raise ConnectionError("client closed the connection mid-request")
-        body += chunk
-    return json.loads(body), fds
+    try:
+        (length,) = _HEADER.unpack(header)
+        body = b""
+        while len(body) < length:
+            chunk = connection.recv(length - len(body))
+            if not chunk:
+                raise ConnectionError("client closed the connection mid-request")
+            body += chunk
+        return json.loads(body), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
-def _start_job(listener, selector, jobs) -> str | None:
+def _refuse(connection: socket.socket, fds: list[int], why: str) -> None:
+    """The client runs the stage itself."""
+    with contextlib.suppress(OSError):
+        connection.sendall(json.dumps({"refused": why}).encode() + b"\n")
+    connection.close()
+    for fd in fds:
+        os.close(fd)
+
+
+def _start_job(listener, selector, jobs: list[_Job]) -> str | None:
     connection, _ = listener.accept()
     try:
         request, fds = _receive(connection)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, struct.error) as error:
         print(f"warm stage runner: bad request: {error}", flush=True)
         connection.close()
         return None
     if request.get("stop"):
-        connection.close()
+        _refuse(connection, fds, "stopping")
         return "stop"
-    if request["identity"] != _identity():
-        connection.sendall(b'{"refused": "another interpreter or PYTHONPATH"}\n')
-        connection.close()
-        for fd in fds:
-            os.close(fd)
+    if request.get("identity") != _identity():
+        _refuse(connection, fds, "another interpreter, environment or PYTHONPATH")
         return None
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as error:
+        _refuse(connection, fds, f"fork failed: {error}")
+        return None
     if pid == 0:
         others = [key.fileobj for key in selector.get_map().values()]
         _run_child(request, fds, closing=[selector, listener, connection, *others])
     for fd in fds:
         os.close(fd)
-    pidfd = os.pidfd_open(pid)
-    jobs[pidfd] = (pid, connection)
-    selector.register(pidfd, selectors.EVENT_READ, "exited")
-    selector.register(connection, selectors.EVENT_READ, pidfd)
-    connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    job = _Job(pid, os.pidfd_open(pid), connection)
+    jobs.append(job)
+    selector.register(job.pidfd, selectors.EVENT_READ, ("exited", job))
+    selector.register(connection, selectors.EVENT_READ, ("client", job))
+    with contextlib.suppress(OSError):  # a client already gone is noticed by the selector: stage ended
+        connection.sendall(json.dumps({"pid": pid}).encode() + b"\n")
     print(f"warm stage runner: job {pid}: fst {' '.join(request['argv'][:1])}", flush=True)
     return None
 
 
-def _finish_job(pidfd: int, selector, jobs) -> None:
-    pid, connection = jobs.pop(pidfd)
-    _, status = os.waitpid(pid, 0)
+def _finish_job(job: _Job, selector, jobs: list[_Job]) -> None:
+    _, status = os.waitpid(job.pid, 0)
     code = os.waitstatus_to_exitcode(status)
     code = 128 - code if code < 0 else code  # killed by a signal: the shell's convention
-    selector.unregister(pidfd)
-    os.close(pidfd)
-    with contextlib.suppress(KeyError):  # already unregistered when the client closed first
-        selector.unregister(connection)
+    job.done = True
+    jobs.remove(job)
+    selector.unregister(job.pidfd)
+    os.close(job.pidfd)
+    with contextlib.suppress(KeyError):  # unregistered already when its client went first
+        selector.unregister(job.connection)
     with contextlib.suppress(OSError):
-        connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
-    connection.close()
+        job.connection.sendall(json.dumps({"exit": code}).encode() + b"\n")
+    job.connection.close()
 
 
 def _run_child(request: dict, fds: list[int], closing: list) -> None:
@@ -248,6 +289,7 @@ def _run_child(request: dict, fds: list[int], closing: list) -> None:
     forked_at = time.time()
     code = 1
     try:
+        _end_with(os.getppid())
         for item in closing:
             if isinstance(item, int):
                 os.close(item)
@@ -274,10 +316,21 @@ def _run_child(request: dict, fds: list[int], closing: list) -> None:
         os._exit(code)
 
 
+def _end_with(server: int) -> None:
+    """The stage is killed if the runner dies (Linux's parent-death signal): no orphan keeps a GPU or
+    writes outputs of a job Snakemake has given up on."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != server:  # it died before the line above took effect
+        os._exit(1)
+
+
 def _run_stage(argv: list[str]) -> int:
     """`fst argv` as a fresh interpreter would run it, exit status and all."""
     import atexit
     import random
+    import threading
     import traceback
 
     import torch
@@ -301,6 +354,7 @@ def _run_stage(argv: list[str]) -> int:
     except BaseException:  # noqa: BLE001 - reported like an uncaught exception of a fresh interpreter
         traceback.print_exc()
         code = 1
+    threading._shutdown()  # as a fresh interpreter ends: wait for non-daemon threads, then atexit
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -310,7 +364,7 @@ def _run_stage(argv: list[str]) -> int:
 # --- starting and stopping (from the Snakefile) -----------------------------------------------------
 
 
-def start(log_path: str, idle_s: float = 600.0) -> str | None:
+def start(log_path: str, idle_s: float = 3600.0) -> str | None:
     """Start a server for this process's workflow run; its socket path (None: FST_WARM_RUNNER=off, or
     not on Linux). The server binds before it imports, so jobs may connect at once."""
     import subprocess

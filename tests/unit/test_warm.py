@@ -126,3 +126,20 @@ def _running(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_a_client_gone_before_its_answer_does_not_end_the_runner(server, inputs, tiny_model_dir, tmp_path):
+    """A job killed while its request is in flight: the runner ends that stage and serves the next job."""
+    import socket
+
+    path, _ = server
+    body = json.dumps({"argv": _rollout(tiny_model_dir, inputs, tmp_path / "gone"), "cwd": os.getcwd(),
+                       "env": _env(), "streams": [], "identity": warm._identity()}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(path)
+        socket.send_fds(client, [warm._HEADER.pack(len(body))], [])
+        client.sendall(body)  # and gone, without reading the answer
+    after = subprocess.run(CLIENT + _rollout(tiny_model_dir, inputs, tmp_path / "next"),
+                           env=_env(FST_WARM_RUNNER=path), capture_output=True, text=True)
+    assert after.returncode == 0, after.stderr
+    assert artifacts.read_json(tmp_path / "next" / "provenance.json")["warm_runner"]

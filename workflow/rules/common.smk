@@ -32,9 +32,10 @@ POINTS = list(POINT_CONFIG)
 
 
 def jobs_run_here():
-    """Whether jobs run on this machine in Snakemake's own environment (not on a cluster, not in conda envs)."""
-    in_conda_envs = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-    return workflow.local_exec and not in_conda_envs
+    """Whether jobs run on this machine in Snakemake's own environment (not on a cluster, not in conda
+    envs or containers)."""
+    deployment = workflow.deployment_settings.deployment_method
+    return workflow.local_exec and not {DeploymentMethod.CONDA, DeploymentMethod.APPTAINER} & set(deployment)
 
 
 def start_warm_runner():

@@ -88,10 +88,12 @@ class SharedGeneration:
         self.weights = weights_key(Path(policy))
         self.generation: Generation | None = None
         self.tokenizer = load_tokenizer(Path(policy))
-        self.engine = cache.engine(self.weights, self._open)
+        self.engine = cache.engine(self.weights, self._engine)
 
-    def _open(self):
-        self.generation = open_generation(self.policy, self.runtime, self.cfg, self.prov)
+    def _engine(self):
+        """The backend's engine, opened now if it is not open (at a first miss, or again after close())."""
+        if self.generation is None:
+            self.generation = open_generation(self.policy, self.runtime, self.cfg, self.prov)
         return self.generation.engine
 
     def close(self) -> None:

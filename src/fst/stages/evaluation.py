@@ -26,7 +26,8 @@ def _sample_cache(args, runtime, prov: Provenance):
     """The shared samples (`--sample-cache`; without it the stage computes everything itself)."""
     from fst.sample_cache import SampleCache, runtime_identity
 
-    vllm = json.loads(args.settings).get("vllm")
+    cfg = json.loads(args.settings)
+    vllm = {**(cfg.get("vllm") or {}), "max_lora_rank": cfg.get("max_lora_rank")}
     return SampleCache(args.sample_cache, runtime_identity(runtime, vllm), prov, str(args.provenance))
 
 
