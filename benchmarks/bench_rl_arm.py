@@ -35,15 +35,11 @@ from pathlib import Path
 
 from bench_common import ROOT, base_model
 
+from fst.config import default_config
+
 RESULTS = ROOT / "benchmarks" / "results" / "rl_arm.json"
 SEED = 0  # the default's run seed
 THREADS = "2"  # the model rules' threads in profiles/default
-
-
-def _config() -> dict:
-    from fst.config import default_config
-
-    return default_config()
 
 
 def prepare(folder: Path, cfg: dict) -> dict[str, Path]:
@@ -118,7 +114,7 @@ def peer(model: Path, data: Path, folder: Path, rounds: int) -> None:
     from fst.slow import grpo_args
     from fst.tasks import score_reply
 
-    cfg = _config()
+    cfg = default_config()
     slow = settings.slow(cfg, SEED)
     train = load_split(data, "train")
     problems = [p for r in range(rounds) for p in round_problems(train, SEED, r, problems_per_round(cfg))]
@@ -155,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     from fst import warm
 
-    model, cfg = base_model(args.model), _config()
+    model, cfg = base_model(args.model), default_config()
     rows: dict[str, list] = {"ours": [], "peer": []}
     server_start = None
     with tempfile.TemporaryDirectory() as tmp:

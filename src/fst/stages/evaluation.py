@@ -22,11 +22,10 @@ def _bootstrap(cfg: dict):
     return Bootstrap(cfg["bootstrap_resamples"], cfg["bootstrap_seed"])
 
 
-def _sample_cache(args, runtime, prov: Provenance):
+def _sample_cache(args, cfg: dict, runtime, prov: Provenance):
     """The shared samples (`--sample-cache`; without it the stage computes everything itself)."""
     from fst.sample_cache import SampleCache, runtime_identity
 
-    cfg = json.loads(args.settings)
     vllm = {**(cfg.get("vllm") or {}), "max_lora_rank": cfg.get("max_lora_rank")}
     return SampleCache(args.sample_cache, runtime_identity(runtime, vllm), prov, str(args.provenance))
 
@@ -60,7 +59,7 @@ def cmd_evaluate(args) -> None:
         if problems:
             ood[problems[0].task] = problems
     others = {problems[0].task: problems for problems in map(partial(load_split, split="val"), args.tasks)}
-    cache = _sample_cache(args, runtime, prov)
+    cache = _sample_cache(args, cfg, runtime, prov)
     with opened(args.policy, runtime, cfg, prov, cache) as generation:
         models = []  # (policy, base) for the KL, loaded at the first KL the cache lacks
 
@@ -128,7 +127,7 @@ def cmd_evaluate_test(args) -> None:
     prov = Provenance("evaluate_test", inputs, cfg, seed=args.seed)
     test = load_split(args.data, "test")
     runtime = resolve_runtime(cfg, prov)
-    cache = _sample_cache(args, runtime, prov)
+    cache = _sample_cache(args, cfg, runtime, prov)
     rows, frames, done = [], [], {}
     for selection, after in chosen.items():
         if after not in done:
@@ -181,7 +180,7 @@ def cmd_decompose(args) -> None:
     }
     prov = Provenance("decompose", inputs, cfg, seed=args.seed)
     runtime = resolve_runtime(cfg, prov)
-    cache = _sample_cache(args, runtime, prov)
+    cache = _sample_cache(args, cfg, runtime, prov)
 
     def engine_on(policy):
         @contextmanager
