@@ -32,7 +32,7 @@ def _since_process_start() -> float:
 _STAGES = {
     "config": (prepare.cmd_config, "configfile*"),
     "prepare-model": (prepare.cmd_prepare_model, "source dtype out provenance"),
-    "tasks": (prepare.cmd_tasks, "task seed:int sizes data_file? out provenance"),
+    "tasks": (prepare.cmd_tasks, "task seed:int sizes data_file? source? out provenance"),
     "seed-population": (prepare.cmd_seed_population, "prompt out provenance"),
     "fast": (
         fast.cmd_fast,

@@ -140,6 +140,7 @@ def _check_consistency(cfg: dict, source: str) -> None:
 
         check_data_file(data_file, "tasks.data_file", source, cfg)
     train = cfg["tasks"]["train"]
+    _check_datasets(cfg, source)
     if not data_file and train in cfg["tasks"]["ood"]:
         raise ConfigError(
             f"{source}: tasks.ood lists '{train}', the training task; out-of-domain families must differ "
@@ -154,6 +155,19 @@ def _check_consistency(cfg: dict, source: str) -> None:
             f"/ rollout.group_size) but tasks.sizes.train is {cfg['tasks']['sizes']['train']}. "
             f"Raise tasks.sizes.train or lower slow.steps_per_round."
         )
+
+
+def _check_datasets(cfg: dict, source: str) -> None:
+    """Published datasets named by tasks.train and tasks.ood can be read before any job (plasticity.task
+    and continual.schedule entries are checked with their kinds)."""
+    from fst.kinds.tasks import check_dataset
+    from fst.tasks import DATASET_NAMES
+
+    used = [] if cfg["tasks"]["data_file"] else [("tasks.train", cfg["tasks"]["train"])]
+    used += [("tasks.ood", family) for family in cfg["tasks"]["ood"]]
+    for key, family in used:
+        if family in DATASET_NAMES:
+            check_dataset(family, key, source, cfg)
 
 
 def _check_slow_gpus(cfg: dict, source: str) -> None:

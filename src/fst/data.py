@@ -37,6 +37,24 @@ def build_task_data(task: str, seed: int, sizes: dict[str, int], data_file: str 
     return problems_to_frame(splits)
 
 
+def build_dataset_data(family: str, seed: int, sizes: dict[str, int], spec: dict):
+    """A published dataset's problems, read once from its source (datasets.<family>) and split like a
+    user's file. Returns the frame, the source record and how many repeated problems were dropped (a
+    question met twice would otherwise be able to sit in train and test at once)."""
+    from fst.tasks import get_dataset
+    from fst.tasks.sources import describe, load_rows
+
+    family_task = get_dataset(family)
+    rows, record = load_rows(family, spec, family_task.columns)
+    made = [problem for where, row in rows for problem in family_task.problems(row, where, spec)]
+    first: dict[str, Problem] = {}
+    for problem in made:
+        first.setdefault(problem.id, problem)
+    unique = list(first.values())
+    splits = split_user_problems(unique, seed, sizes, describe(spec))
+    return problems_to_frame(splits), record, len(made) - len(unique)
+
+
 def load_split(path: Path, split: str) -> list[Problem]:
     frame = pd.read_parquet(path)
     return frame_to_problems(frame[frame["split"] == split])

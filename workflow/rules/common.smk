@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shlex
 from dataclasses import asdict
 
 from snakemake.settings.types import DeploymentMethod
@@ -14,6 +15,7 @@ from fst.kinds.continual import seed_prompt_warning as continual_seed_prompt_war
 from fst.kinds.tasks import task_files
 from fst.report.build import figure_titles
 from fst.sweep import resolve_points, swept_values
+from fst.tasks import DATASET_NAMES
 
 
 def _config_source():
@@ -126,6 +128,20 @@ def as_json(obj):
 
 def data_path(task):
     return f"{EXP_DIR}/data/{task}.parquet"
+
+
+def dataset_files(wildcards):
+    """A published dataset's local files (its path and HoVer's evidence), so that changing them reruns
+    its data job; a hub source is pinned by its revision instead."""
+    spec = config["datasets"].get(wildcards.task, {})
+    return [spec[key] for key in ("path", "evidence") if spec.get(key)]
+
+
+def dataset_source_option(wildcards):
+    """`--source` with the dataset's config block, for a published dataset's family (fst.tasks.sources)."""
+    if wildcards.task not in DATASET_NAMES:
+        return ""
+    return f"--source {shlex.quote(as_json(config['datasets'][wildcards.task]))}"
 
 
 def round_dir(round_index):

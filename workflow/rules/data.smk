@@ -1,4 +1,6 @@
 rule tasks:
+    input:
+        dataset_files,
     output:
         data=data_path("{task}"),
         provenance=f"{EXP_DIR}/provenance/data_{{task}}.json",
@@ -8,13 +10,14 @@ rule tasks:
         seed=config["tasks"]["seed"],
         sizes=as_json(config["tasks"]["sizes"]),
         data_file=lambda w: f"--data-file {TASK_FILES[w.task]}" if w.task in TASK_FILES else "",
+        source=dataset_source_option,
     message:
         "Building the {wildcards.task} problems (train/val/test)"
     conda:
         ENV
     shell:
         "fst tasks --task {wildcards.task} --seed {params.seed} --sizes {params.sizes:q} "
-        "{params.data_file} --out {output.data} --provenance {output.provenance} 2> {log}"
+        "{params.data_file} {params.source} --out {output.data} --provenance {output.provenance} 2> {log}"
 
 
 rule seed_population:

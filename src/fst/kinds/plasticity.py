@@ -6,6 +6,7 @@ task. The phase-A prompt is dropped: phase B measures the weights alone."""
 from __future__ import annotations
 
 from fst.kinds.tasks import check_entry, task_name
+from fst.tasks import FAMILY_NAMES
 
 BASE = "base"
 PREFIX = "plasticity-from-"
@@ -36,7 +37,7 @@ def check(cfg: dict, source: str) -> None:
     if not task:
         raise ConfigError(
             f"{source}: kinds lists 'plasticity' but plasticity.task is not set: name the phase-B task, a "
-            f"built-in family (arithmetic, code_output, claims) or a data file, e.g. plasticity.task: claims."
+            f"task family ({', '.join(FAMILY_NAMES)}) or a data file, e.g. plasticity.task: claims."
         )
     check_entry(task, "plasticity.task", source, cfg)
     if task_name(cfg, task) == main_task(cfg):

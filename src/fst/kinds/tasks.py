@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fst.tasks import TASK_NAMES
+from fst.tasks import DATASET_NAMES, FAMILY_NAMES, TASK_NAMES
 
 
 def is_file_entry(entry: str) -> bool:
     """A task entry that names a data file rather than a built-in family."""
-    return entry not in TASK_NAMES and Path(entry).suffix in (".jsonl", ".parquet")
+    return entry not in FAMILY_NAMES and Path(entry).suffix in (".jsonl", ".parquet")
 
 
 def same_file(a: str, b: str) -> bool:
@@ -41,9 +41,12 @@ def check_entry(entry: str, key: str, source: str, cfg: dict) -> None:
 
     if entry in TASK_NAMES:
         return
+    if entry in DATASET_NAMES:
+        check_dataset(entry, key, source, cfg)
+        return
     if not is_file_entry(entry):
         raise ConfigError(
-            f"{source}: {key} is '{entry}', neither a built-in task ({', '.join(TASK_NAMES)}) nor a data "
+            f"{source}: {key} is '{entry}', neither a built-in task ({', '.join(FAMILY_NAMES)}) nor a data "
             f"file (.jsonl or .parquet, see docs/data-format.md). Use one of those."
         )
     if not Path(entry).is_file():
@@ -66,3 +69,41 @@ def check_data_file(path: str, key: str, source: str, cfg: dict) -> None:
         split_user_problems(problems, cfg["tasks"]["seed"], cfg["tasks"]["sizes"], path)
     except ValueError as error:
         raise ConfigError(f"{source}: {key}: {error}") from None
+
+
+def check_dataset(family: str, key: str, source: str, cfg: dict) -> None:
+    """A published dataset's family (`key` uses it): its source is named and can be read from here, and
+    its first row has the family's columns (a hub dataset not yet downloaded: that it can be reached)."""
+    from fst.config import ConfigError
+    from fst.tasks import get_dataset, sources
+
+    spec = cfg["datasets"][family]
+    block = f"datasets.{family}"
+    if not spec["path"] and not spec["hub"]:
+        raise ConfigError(
+            f"{source}: {key} is '{family}', a published dataset, but {block} names no source. Set "
+            f"{block}.path to a local file or folder in the dataset's column layout, or {block}.hub to a "
+            f"Hugging Face dataset id (docs/paper-tasks.md)."
+        )
+    if spec["path"] and not Path(spec["path"]).exists():
+        raise ConfigError(
+            f"{source}: {block}.path '{spec['path']}' does not exist (paths are relative to the directory "
+            f"you run snakemake from). Fix the path."
+        )
+    if spec.get("evidence") and not Path(spec["evidence"]).is_file():
+        raise ConfigError(f"{source}: {block}.evidence '{spec['evidence']}' does not exist. Fix the path.")
+    try:
+        found = sources.cached_files(spec)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{source}: {block}: {error}. Point it at the dataset's data files.") from None
+    if found is None:
+        if reason := sources.hub_unreachable(spec):
+            raise ConfigError(
+                f"{source}: {block}.hub: the dataset '{spec['hub']}' cannot be read: {reason}. Download it "
+                f"where there is network (hf download {spec['hub']} --repo-type dataset --local-dir "
+                f"data/{family}) and set {block}.path: data/{family}, or run where the hub can be reached."
+            )
+        return
+    where, row = sources.first_row(found[1][0])
+    if problem := sources.missing_columns(row, get_dataset(family).columns, where, family):
+        raise ConfigError(f"{source}: {block}: {problem}")

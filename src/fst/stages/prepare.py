@@ -28,17 +28,24 @@ def cmd_prepare_model(args) -> None:
 
 
 def cmd_tasks(args) -> None:
-    """Task stage: one family's (or the user's) problems split into train/val/test."""
-    from fst.data import build_task_data
+    """Task stage: one family's (the user's, a published dataset's) problems split into train/val/test."""
+    from fst.data import build_dataset_data, build_task_data
 
     sizes = json.loads(args.sizes)
+    source = json.loads(args.source) if args.source else None
     prov = Provenance(
         "tasks",
         {"data_file": args.data_file} if args.data_file else {},
-        {"task": args.task, "seed": args.seed, "sizes": sizes},
+        {"task": args.task, "seed": args.seed, "sizes": sizes, **({"source": source} if source else {})},
         seed=args.seed,
     )
-    frame = build_task_data(args.task, args.seed, sizes, args.data_file)
+    if source:
+        with prov.timed("read_source"):
+            frame, record, repeated = build_dataset_data(args.task, args.seed, sizes, source)
+        prov.record["source"] = record.as_dict()  # name, resolved revision, content hash, files, rows
+        prov.count(source_rows=record.rows, repeated_problems_dropped=repeated)
+    else:
+        frame = build_task_data(args.task, args.seed, sizes, args.data_file)
     artifacts.write_parquet(frame, args.out)
     prov.count(**{f"problems_{k}": int(v) for k, v in frame["split"].value_counts().items()})
     prov.write(args.provenance, {"data": args.out})

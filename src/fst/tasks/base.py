@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import math
 import random
 import re
@@ -47,6 +48,23 @@ class Task(Protocol):
         self, rng: random.Random, n: int, exclude: Collection[str] = frozenset()
     ) -> list[Problem]:
         """n problems with distinct questions, none of whose question is in `exclude`."""
+        ...
+
+    def score(self, problem: Problem, reply: str) -> Score: ...
+
+
+class DatasetTask(Protocol):
+    """A family read from a published dataset (a local file or a hub snapshot, fst.tasks.sources) in
+    that dataset's own column layout, instead of generated."""
+
+    name: str
+    description: str  # as Task.description
+    columns: tuple[str, ...]  # columns every source row must have (checked before any job)
+
+    def problems(self, row: dict, where: str, options: dict) -> list[Problem]:
+        """The problems of one source row (one, or several for a row with several cases). `where` names
+        the file and row for errors (ValueError(f"{where}: ...") naming the column and the fix);
+        `options` is the dataset's block of the config (datasets.<name>)."""
         ...
 
     def score(self, problem: Problem, reply: str) -> Score: ...
@@ -172,6 +190,44 @@ def is_literal(value: object) -> bool:
     return value is not _NOT_LITERAL
 
 
+_JSON_NAMES = {"true": True, "false": False, "null": None}
+
+
+def parse_value(text: str) -> object:
+    """text as JSON or as a Python literal, JSON's true/false/null allowed inside a Python literal
+    (models mix the two). Raises ValueError with a short reason when it is neither."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"{err.msg} (column {err.offset})") from None
+    except (ValueError, RecursionError, MemoryError):
+        raise ValueError("it cannot be parsed") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id not in _JSON_NAMES:
+            raise ValueError(f"`{node.id}` is a bare name, not a value (strings and keys need quotes)")
+        if not isinstance(node, _LITERAL_NODES):
+            raise ValueError(f"`{excerpt(ast.unparse(node))}` is an expression, not a value")
+    try:
+        return ast.literal_eval(_JsonNames().visit(tree).body)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        raise ValueError("it is not a literal (a string, number, list, dict, true/false/null)") from None
+
+
+_LITERAL_NODES = (
+    ast.Expression, ast.Constant, ast.Name, ast.Load, ast.List, ast.Tuple, ast.Dict, ast.Set,
+    ast.UnaryOp, ast.USub, ast.UAdd,
+)  # fmt: skip
+
+
+class _JsonNames(ast.NodeTransformer):
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        return ast.copy_location(ast.Constant(_JSON_NAMES[node.id]), node)
+
+
 def _trim(text: str) -> str:
     text = text.strip().strip("`*").strip()
     if text.endswith(".") and not is_literal(literal(text)):
@@ -212,6 +268,8 @@ def same_value(a: object, b: object) -> bool:
         return same_number(float(a), float(b))
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
         return type(a) is type(b) and len(a) == len(b) and all(map(same_value, a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_value(a[key], b[key]) for key in a)
     return a == b
 
 

@@ -32,9 +32,9 @@ _WORD = re.compile(r"\w+(?:['-]\w+)*")
 
 def load_user_problems(path: str | Path, name: str = "user") -> list[Problem]:
     """Read and validate every row; the first bad row raises ValueError naming file and line."""
-    from . import TASK_NAMES  # late: the package imports this module
+    from . import FAMILY_NAMES  # late: the package imports this module
 
-    if name in TASK_NAMES:
+    if name in FAMILY_NAMES:
         raise ValueError(f"user data cannot be named {name!r}: that is a built-in task family")
     path = Path(path)
     if path.suffix not in SUFFIXES:
