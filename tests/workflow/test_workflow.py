@@ -18,6 +18,7 @@ from tiny_experiment import tiny_config
 from fst.report.figures import TITLES as REPORT_FIGURES
 
 REPO = Path(__file__).resolve().parents[2]
+CODEIO_FIXTURE = REPO / "tests" / "fixtures" / "datasets" / "codeio.jsonl"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--cores", "2"]
 
 
@@ -69,6 +70,10 @@ def test_a_gepa_round_is_handed_the_previous_gepa_round_folder(tmp_path, tiny_mo
         ({"tasks": {"data_file": "missing.jsonl"}}, "missing.jsonl"),
         ({"sweep": {"slow.lr": [0.1, 0.2]}}, "sweep key 'slow.lr' is not a config key"),
         ({"sweep": {"slow.learning_rate": []}}, "empty list"),
+        (  # a CodeI/O file given as Polaris math: its first row lacks the column "problem"
+            {"tasks": {"train": "polaris"}, "datasets": {"polaris": {"path": str(CODEIO_FIXTURE)}}},
+            "codeio.jsonl line 1: column 'problem' is missing",
+        ),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(tmp_path, tiny_model_dir, change, message):
