@@ -284,8 +284,8 @@ def test_hover_min_hops_keeps_only_harder_claims():
         (1, "SUPPORTED", False, True, ["does not back every part", "the reply answered SUPPORTED"]),
         (2, "NOT_SUPPORTED", False, True, ['"The Magic Flute", "Wolfgang Amadeus Mozart", "Salzburg"']),
         (2, "No.", False, True, ["expected SUPPORTED", "backs every part", "answered NOT_SUPPORTED"]),
-        (2, "", False, False, ["SUPPORTED or NOT_SUPPORTED (here SUPPORTED)", "unparsed", "it was empty"]),
-        (3, "I am unsure about this one, it depends.", False, False, ["unparsed", "prose"]),
+        (2, "", False, False, ["SUPPORTED or NOT_SUPPORTED (here SUPPORTED)", "had neither", "it was empty"]),
+        (3, "I am unsure about this one, it depends.", False, False, ["had neither", "prose"]),
     ],
 )
 def test_hover_scoring_and_feedback(index, reply, correct, parsed, says):

@@ -307,6 +307,23 @@ def first_label(text: str, synonyms: dict[str, str]) -> str | None:
 # --- shared scorers --------------------------------------------------------------------------
 
 
+def label_score(
+    problem: Problem, reply: str, synonyms: dict[str, str], choices: str, explain: Callable[[], str]
+) -> Score:
+    """Correct when the reply's first label word (see first_label) is the answer; `choices` names the
+    labels ("SUPPORTED or REFUTED"), explain() why the answer is right when the reply chose another."""
+    label = problem.answer
+    got = first_label(reply, synonyms)
+    if got is None:
+        why = describe_missing(reply, problem.question)
+        return make_score(
+            False, False, f"Expected one word, {choices} (here {label}); the reply had neither ({why})."
+        )
+    if got == label:
+        return make_score(True, True, f"Correct: the reply answered {label}.")
+    return make_score(False, True, f"Expected {label}: {explain()}. The reply answered {got}.")
+
+
 def numeric_score(
     problem: Problem, reply: str, explain: Callable[[float], str] | None = None
 ) -> Score:

@@ -11,15 +11,7 @@ import random
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from .base import (
-    Problem,
-    Score,
-    describe_missing,
-    draw_distinct,
-    first_label,
-    make_problem,
-    make_score,
-)
+from .base import Problem, Score, draw_distinct, label_score, make_problem
 
 SUPPORTED, REFUTED = "SUPPORTED", "REFUTED"
 LABEL_WORDS = {
@@ -182,20 +174,12 @@ class ClaimsTask:
         return make_problem(self.name, question_text(facts, claim), label, meta)
 
     def score(self, problem: Problem, reply: str) -> Score:
-        label, meta = problem.answer, problem.meta
-        got = first_label(reply, LABEL_WORDS)
-        if got is None:
-            return make_score(
-                False,
-                False,
-                f"Expected one word, SUPPORTED or REFUTED (here {label}); "
-                f"the reply had neither ({describe_missing(reply, problem.question)}).",
-            )
-        if got == label:
-            return make_score(True, True, f"Correct: the reply answered {label}.")
-        first, second = (f'"{hop}"' for hop in meta["hops"])
-        if label == SUPPORTED:
-            why = f"{first} and {second} together give the claim"
-        else:
-            why = f"{first} and {second} give {meta['place']}, not {meta['claimed_place']}"
-        return make_score(False, True, f"Expected {label}: {why}. The reply answered {got}.")
+        return label_score(problem, reply, LABEL_WORDS, "SUPPORTED or REFUTED", lambda: _why(problem))
+
+
+def _why(problem: Problem) -> str:
+    meta = problem.meta
+    first, second = (f'"{hop}"' for hop in meta["hops"])
+    if problem.answer == SUPPORTED:
+        return f"{first} and {second} together give the claim"
+    return f"{first} and {second} give {meta['place']}, not {meta['claimed_place']}"

@@ -13,7 +13,7 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
-from .base import Problem, Score, describe_missing, excerpt, first_label, make_problem, make_score
+from .base import Problem, Score, excerpt, label_score, make_problem
 from .claims import LABEL_WORDS as CLAIM_WORDS
 from .claims import REFUTED
 
@@ -109,27 +109,18 @@ class HoverTask:
         return [make_problem(self.name, question_text(evidence, claim.strip()), label, meta)]
 
     def score(self, problem: Problem, reply: str) -> Score:
-        label = problem.answer
-        got = first_label(reply, LABEL_WORDS)
-        if got is None:
-            why = describe_missing(reply, problem.question)
-            return make_score(
-                False,
-                False,
-                f"Expected one label word, SUPPORTED or NOT_SUPPORTED (here {label}); the reply had "
-                f"neither, so it was unparsed ({why}).",
-            )
-        if got == label:
-            return make_score(True, True, f"Correct: the reply answered {label}.")
-        titles = ", ".join(f'"{title}"' for title in problem.meta["titles"])
-        if label == SUPPORTED:
-            why = f"the evidence from {titles} together backs every part of the claim"
-        else:
-            why = (
-                f"the evidence from {titles} does not back every part of the claim (one wrong or "
-                "unsupported hop is enough)"
-            )
-        return make_score(False, True, f"Expected {label}: {why}. The reply answered {got}.")
+        choices = "SUPPORTED or NOT_SUPPORTED"
+        return label_score(problem, reply, LABEL_WORDS, choices, lambda: _why(problem))
+
+
+def _why(problem: Problem) -> str:
+    titles = ", ".join(f'"{title}"' for title in problem.meta["titles"])
+    if problem.answer == SUPPORTED:
+        return f"the evidence from {titles} together backs every part of the claim"
+    return (
+        f"the evidence from {titles} does not back every part of the claim (one wrong or unsupported "
+        "hop is enough)"
+    )
 
 
 def _label(value: object, where: str) -> str:

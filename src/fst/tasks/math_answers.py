@@ -31,6 +31,7 @@ WORKER_GRACE_S = 30
 _STEPS = 4
 
 REASONS = ("ok", "wrong", "unparseable", "timeout")
+BOXED_INSTRUCTION = "Put your final answer in \\boxed{}."  # math-verify reads a boxed answer first
 _SCIENTIFIC = re.compile(r"(?<![\w.\\])(\d+(?:\.\d+)?)[eE]([+-]?\d+)(?![\w.])")
 _COMMAND = re.compile(r"\\[A-Za-z]+")
 _TRAILING_SPACE = re.compile(r"(?:\\[,;:! ]|~|\s)+$")  # the "\," left where a unit was cut off

@@ -11,9 +11,7 @@ from __future__ import annotations
 import math
 
 from .base import Problem, Score, make_problem
-from .math_answers import Verdict, math_score, percent, row_answer, row_text
-
-INSTRUCTION = "Put your final answer in \\boxed{}."
+from .math_answers import BOXED_INSTRUCTION, Verdict, math_score, percent, row_answer, row_text
 
 
 class PhysicsTask:
@@ -32,10 +30,10 @@ class PhysicsTask:
         answer = row_answer(row, "answer", where, numbers=True)
         meta: dict = {"rel_tol": rel_tol}
         unit = row.get("unit")
-        instruction = INSTRUCTION
+        instruction = BOXED_INSTRUCTION
         if isinstance(unit, str) and unit.strip():
             meta["unit"] = unit.strip()
-            instruction = f"Give the answer in {unit.strip()}. {INSTRUCTION}"
+            instruction = f"Give the answer in {unit.strip()}. {BOXED_INSTRUCTION}"
         return [make_problem(self.name, f"{question}\n\n{instruction}", answer, meta)]
 
     def score(self, problem: Problem, reply: str) -> Score:
