@@ -15,7 +15,7 @@ import time
 import psutil
 
 from fst import warm
-from fst.stages import evaluation, fast, prepare, report, rollout, slow, tracking
+from fst.stages import evaluation, fast, plan, prepare, report, rollout, slow, tracking
 
 log = logging.getLogger("fst")
 
@@ -31,6 +31,7 @@ def _since_process_start() -> float:
 # "name*" zero or more values, "name+" one or more.
 _STAGES = {
     "config": (prepare.cmd_config, "configfile*"),
+    "plan": (plan.cmd_plan, "configfile* config* device? json?"),
     "prepare-model": (prepare.cmd_prepare_model, "source dtype out provenance"),
     "tasks": (prepare.cmd_tasks, "task seed:int sizes data_file? source? out provenance"),
     "seed-population": (prepare.cmd_seed_population, "prompt out provenance"),
