@@ -39,8 +39,8 @@ def build_task_data(task: str, seed: int, sizes: dict[str, int], data_file: str 
 
 def build_dataset_data(family: str, seed: int, sizes: dict[str, int], spec: dict):
     """A published dataset's problems, read once from its source (datasets.<family>) and split like a
-    user's file. Returns the frame, the source record and how many repeated problems were dropped (a
-    question met twice would otherwise be able to sit in train and test at once)."""
+    user's file. Returns the frame, the source record and how many repeated questions were dropped (a
+    question met twice could otherwise sit in train and test at once)."""
     from fst.tasks import get_dataset
     from fst.tasks.sources import describe, load_rows
 
@@ -49,8 +49,10 @@ def build_dataset_data(family: str, seed: int, sizes: dict[str, int], spec: dict
     made = [problem for where, row in rows for problem in family_task.problems(row, where, spec)]
     first: dict[str, Problem] = {}
     for problem in made:
-        first.setdefault(problem.id, problem)
+        first.setdefault(problem.question, problem)
     unique = list(first.values())
+    if len({problem.id for problem in unique}) < len(unique):  # 64-bit ids: not expected at any size
+        raise ValueError(f"{describe(spec)}: two different questions hashed to one problem id")
     splits = split_user_problems(unique, seed, sizes, describe(spec))
     return problems_to_frame(splits), record, len(made) - len(unique)
 

@@ -342,7 +342,8 @@ class OpenAICompatibleLM(_CountedLM):
             response = self._get_client().chat.completions.create(
                 model=self.model,
                 messages=messages,
-                max_tokens=self.max_tokens,
+                # OpenAI's reasoning models (GPT-5) refuse max_tokens; vLLM's server takes either name
+                max_completion_tokens=self.max_tokens,
                 temperature=self.temperature,
                 **extra,
             )

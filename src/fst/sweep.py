@@ -50,7 +50,7 @@ def _check_key(key: str, values: Any, schema: dict, source: str) -> None:
         raise ConfigError(
             f"{where} is not a config key that can be swept.{hint} Use the dotted name of a setting under "
             f"{', '.join(SWEEPABLE_SECTIONS)} (e.g. slow.learning_rate); arms and seeds are lists of "
-            f"their own, and model, tasks, rounds and tracking are shared by all points."
+            f"their own, and model, tasks, datasets, rounds and tracking are shared by all points."
         )
     if not values:
         raise ConfigError(f"{where} has an empty list of values: give at least one value or remove the key.")

@@ -67,7 +67,8 @@ def test_openai_returns_content_counts_usage_and_sends_the_key(endpoint, keyed, 
     assert first["headers"]["authorization"] == f"Bearer {KEY}"
     assert first["body"]["model"] == "reflector-7b"
     assert first["body"]["messages"] == [{"role": "user", "content": "Rewrite this instruction."}]
-    assert first["body"]["max_tokens"] == 64  # the configured budget reaches the request
+    # the configured budget reaches the request under the name OpenAI's reasoning models accept
+    assert first["body"]["max_completion_tokens"] == 64 and "max_tokens" not in first["body"]
     assert (first["body"]["seed"], second["body"]["seed"]) == (6, 7)  # reproducible, distinct per call
     info = describe(lm)
     assert info["backend"] == "openai" and info["base_url"] == endpoint.base_url

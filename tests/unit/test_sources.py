@@ -66,6 +66,10 @@ def test_a_folder_reads_its_data_files_in_name_order_and_the_hash_follows_the_co
     assert record.files == ["data/train-1.jsonl", "data/train-2.jsonl"]
     only_first = sources.load_rows("polaris", _spec(path=str(folder), files="*-1.jsonl"), POLARIS_COLUMNS)
     assert only_first[1].files == ["data/train-1.jsonl"]
+    by_folder = sources.load_rows("polaris", _spec(path=str(folder), files="data/train-2.*"), POLARIS_COLUMNS)
+    assert by_folder[1].files == ["data/train-2.jsonl"]  # matched on the path below the root, as the hub does
+    with pytest.raises(FileNotFoundError, match="no data files matching 'train/\\*'"):
+        sources.load_rows("polaris", _spec(path=str(folder), files="train/*"), POLARIS_COLUMNS)
     before = record.sha256
     _jsonl(folder / "data/train-2.jsonl", [ROWS[1] | {"answer": "3"}])
     assert sources.load_rows("polaris", _spec(path=str(folder)), POLARIS_COLUMNS)[1].sha256 != before
@@ -105,7 +109,7 @@ def test_a_dataset_file_missing_a_column_is_refused_by_the_config(tmp_path):
     assert "column 'problem' is missing" in message and "docs/paper-tasks.md" in message
 
 
-def test_a_parquet_file_missing_a_column_is_refused_from_its_schema(tmp_path):
+def test_a_parquet_file_missing_a_column_is_refused(tmp_path):
     data = tmp_path / "polaris.parquet"
     pd.DataFrame([{"problem": "1+1?", "solution": "2"}]).to_parquet(data)
     with pytest.raises(ConfigError, match=r"column 'answer' is missing"):
@@ -140,3 +144,30 @@ def test_a_hub_dataset_in_offline_mode_is_refused_without_trying_the_network(tmp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match=r"HF_HUB_OFFLINE is set and the dataset is not in the local"):
         validate_config(_config(hub="POLARIS-Project/Polaris-Dataset-53K"))
+
+
+def test_a_first_row_the_family_cannot_read_is_refused_before_any_job(tmp_path):
+    broken = tmp_path / "polaris.jsonl"
+    broken.write_text('{"problem": "1+1?", "answer": \n')
+    with pytest.raises(ConfigError, match=r"datasets.polaris: .*polaris.jsonl line 1: invalid JSON"):
+        validate_config(_config(path=str(broken)))
+    hover = FIXTURES / "hover.jsonl"  # rows without an `evidence` column, and no evidence file given
+    with pytest.raises(ConfigError, match=r"datasets.hover: .*hover.jsonl line 1: no evidence text"):
+        validate_config({"tasks": {"train": "hover"}, "datasets": {"hover": {"path": str(hover)}}})
+
+
+def test_a_dataset_named_by_plasticity_or_continual_needs_a_source():
+    with pytest.raises(ConfigError, match=r"continual.schedule\[1\] is 'physics', a published dataset"):
+        validate_config({"kinds": ["continual"], "continual": {"schedule": ["arithmetic", "physics"]}})
+    with pytest.raises(ConfigError, match=r"plasticity.task is 'polaris', a published dataset"):
+        validate_config({"arms": ["rl"], "kinds": ["main", "plasticity"], "plasticity": {"task": "polaris"}})
+
+
+def test_a_job_rereading_the_workflow_on_a_node_does_not_read_the_sources(tmp_path, no_hub):
+    from fst.kinds.tasks import source_checks
+
+    config = _config(hub="POLARIS-Project/Polaris-Dataset-53K")
+    with source_checks(False):  # as common.smk does outside Snakemake's main process
+        assert validate_config(config)["datasets"]["polaris"]["hub"] == "POLARIS-Project/Polaris-Dataset-53K"
+    with pytest.raises(ConfigError, match="cannot be read"):
+        validate_config(config)

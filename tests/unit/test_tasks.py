@@ -49,6 +49,32 @@ def test_registry_names_and_unknown_name():
         get_task("math")
 
 
+def test_published_datasets_are_registered_and_scored_through_score_reply():
+    from fst.tasks import DATASET_NAMES, FAMILY_NAMES, get_dataset
+
+    assert DATASET_NAMES == ("codeio", "polaris", "hover", "physics")
+    assert FAMILY_NAMES == TASK_NAMES + DATASET_NAMES
+    assert all(get_dataset(name).name == name for name in DATASET_NAMES)
+    with pytest.raises(ValueError, match="codeio, polaris, hover, physics"):
+        get_dataset("arithmetic")
+    math = Problem("polaris-1", "polaris", "What is 1/4 + 1/4?", "\\frac{1}{2}", {})
+    check(math, "So the sum is \\boxed{0.5}.", True, True, "correct")
+
+
+def test_only_the_answer_after_a_reasoning_models_thinking_is_scored():
+    """Qwen3 thinks in <think>...</think> first: a label word or a boxed value on the way is no answer."""
+    claim = Problem("hover-1", "hover", "Evidence: ... Claim: ...", "NOT_SUPPORTED", {"titles": ["A", "B"]})
+    thinking = "<think>Is it supported? The first hop is supported, yes. The second is not.</think>\n"
+    check(claim, thinking + "NOT_SUPPORTED", True, True, "correct")
+    check(claim, thinking + "SUPPORTED", False, True, "expected NOT_SUPPORTED")
+    math = Problem("polaris-1", "polaris", "What is 1/4 + 1/4?", "\\frac{1}{2}", {})
+    thought = "<think>maybe \\boxed{2}? no: 1/4 + 1/4 = 1/2</think> "
+    check(math, thought + "\\boxed{\\frac{1}{2}}", True, True, "correct")
+    check(math, "<think>it is \\boxed{\\frac{1}{2}}</think> so \\boxed{2}", False, True, "expected")
+    arithmetic = get_task("arithmetic").generate(random.Random(0), 1)[0]
+    check(arithmetic, f"<think>{arithmetic.answer}</think> I do not know.", False, False, "had none")
+
+
 def test_unknown_task_cannot_be_scored():
     problem = Problem("x-1", "arithmetc", "1+1?", "2", {})
     with pytest.raises(ValueError, match="arithmetc"):

@@ -62,6 +62,7 @@ def test_the_hover_config_without_its_downloaded_files_is_refused_naming_the_pat
 def test_a_paper_config_dry_runs_to_the_expected_dag(name, tmp_path):
     (tmp_path / "sources.yaml").write_text(yaml.safe_dump({"datasets": LOCAL_SOURCES[name]}))
     command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "--quiet", "rules"]
+    command += ["--workflow-profile", str(REPO / "profiles" / "paper")]  # the resources of this scale
     command += ["--configfile", str(REPO / "config" / "experiments" / name), "sources.yaml"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

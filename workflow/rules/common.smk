@@ -12,7 +12,7 @@ from fst.config import ConfigError
 from fst.device import missing_here
 from fst.kinds import runs as kind_runs
 from fst.kinds.continual import seed_prompt_warning as continual_seed_prompt_warning
-from fst.kinds.tasks import task_files
+from fst.kinds.tasks import source_checks, task_files
 from fst.report.build import figure_titles
 from fst.sweep import resolve_points, swept_values
 from fst.tasks import DATASET_NAMES
@@ -24,10 +24,12 @@ def _config_source():
 
 
 try:
-    # {sweep point: its resolved config}; one point "default" without a sweep.
-    POINT_CONFIG = resolve_points(
-        config, workflow.source_path("../schemas/config.schema.yaml"), source=_config_source()
-    )
+    # {sweep point: its resolved config}; one point "default" without a sweep. Published datasets'
+    # sources are read by the main process only, not again by every cluster job on its node.
+    with source_checks(workflow.is_main_process):
+        POINT_CONFIG = resolve_points(
+            config, workflow.source_path("../schemas/config.schema.yaml"), source=_config_source()
+        )
 except ConfigError as error:
     raise WorkflowError(str(error)) from None
 POINTS = list(POINT_CONFIG)

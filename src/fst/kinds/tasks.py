@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fst.tasks import DATASET_NAMES, FAMILY_NAMES, TASK_NAMES
@@ -71,11 +76,26 @@ def check_data_file(path: str, key: str, source: str, cfg: dict) -> None:
         raise ConfigError(f"{source}: {key}: {error}") from None
 
 
+# Whether check_dataset reads the sources (files, the hub). Off where a job re-reads the workflow on a
+# cluster node: the main process has checked them, and a node may have neither the files nor network.
+_reading_sources = contextvars.ContextVar("reading_sources", default=True)
+_sources_read: set[tuple[str, ...]] = set()  # (family, its config block, cwd) found readable here
+
+
+@contextmanager
+def source_checks(enabled: bool) -> Iterator[None]:
+    token = _reading_sources.set(enabled)
+    try:
+        yield
+    finally:
+        _reading_sources.reset(token)
+
+
 def check_dataset(family: str, key: str, source: str, cfg: dict) -> None:
     """A published dataset's family (`key` uses it): its source is named and can be read from here, and
-    its first row has the family's columns (a hub dataset not yet downloaded: that it can be reached)."""
+    its first row has the family's columns (a hub dataset not yet downloaded: that it can be reached).
+    Each source is read once per process, however many keys and sweep points name it."""
     from fst.config import ConfigError
-    from fst.tasks import get_dataset, sources
 
     spec = cfg["datasets"][family]
     block = f"datasets.{family}"
@@ -85,6 +105,17 @@ def check_dataset(family: str, key: str, source: str, cfg: dict) -> None:
             f"{block}.path to a local file or folder in the dataset's column layout, or {block}.hub to a "
             f"Hugging Face dataset id (docs/paper-tasks.md)."
         )
+    seen = (family, json.dumps(spec, sort_keys=True), os.getcwd())
+    if _reading_sources.get() and seen not in _sources_read:
+        _check_source(family, spec, source)
+        _sources_read.add(seen)
+
+
+def _check_source(family: str, spec: dict, source: str) -> None:
+    from fst.config import ConfigError
+    from fst.tasks import get_dataset, sources
+
+    block = f"datasets.{family}"
     if spec["path"] and not Path(spec["path"]).exists():
         raise ConfigError(
             f"{source}: {block}.path '{spec['path']}' does not exist (paths are relative to the directory "
@@ -104,6 +135,11 @@ def check_dataset(family: str, key: str, source: str, cfg: dict) -> None:
                 f"data/{family}) and set {block}.path: data/{family}, or run where the hub can be reached."
             )
         return
-    where, row = sources.first_row(found[1][0])
-    if problem := sources.missing_columns(row, get_dataset(family).columns, where, family):
-        raise ConfigError(f"{source}: {block}: {problem}")
+    family_task = get_dataset(family)
+    try:  # the first row read and made into problems as the data job will (columns, values, evidence)
+        where, row = sources.first_row(found[1][0])
+        if problem := sources.missing_columns(row, family_task.columns, where, family):
+            raise ValueError(problem)
+        family_task.problems(row, where, spec)
+    except (ValueError, OSError) as error:  # OSError: an unreadable file; Arrow's errors are ValueErrors
+        raise ConfigError(f"{source}: {block}: {error}") from None

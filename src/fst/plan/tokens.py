@@ -31,16 +31,22 @@ def _task_entries(cfg: dict) -> list[str]:
     return list(dict.fromkeys(entries))
 
 
-def entry_question_tokens(entry: str) -> int | None:
-    """Mean estimated tokens of a task's questions: 32 generated ones of a built-in family, every row of
-    a user's file; None for a task the plan cannot read without its source (a published dataset)."""
-    from fst.tasks import TASK_NAMES, get_task, load_user_problems
+def entry_question_tokens(entry: str, cfg: dict) -> int | None:
+    """Mean estimated tokens of a task's questions: 32 generated ones of a built-in family, the first 32
+    of a published dataset whose files are here (a local path or the hub cache), every row of a user's
+    file; None for a task the plan cannot read (a hub dataset not yet downloaded)."""
+    from fst.tasks import DATASET_NAMES, TASK_NAMES, get_task, load_user_problems
+    from fst.tasks.sources import first_problems
 
-    if entry in TASK_NAMES and hasattr(get_task(entry), "generate"):
+    if entry in TASK_NAMES:
         problems = get_task(entry).generate(random.Random(0), 32, exclude=set())
+    elif entry in DATASET_NAMES:
+        problems = first_problems(entry, cfg["datasets"][entry], 32)
     elif Path(entry).suffix in (".jsonl", ".parquet") and Path(entry).is_file():
         problems = load_user_problems(entry, "plan")
     else:
+        return None
+    if not problems:
         return None
     return round(sum(text_tokens(p.question) for p in problems) / len(problems))
 
@@ -48,7 +54,7 @@ def entry_question_tokens(entry: str) -> int | None:
 def question_tokens(cfg: dict) -> tuple[int, list[str]]:
     """Estimated mean tokens of the questions the runs train on, and the tasks the plan could not read
     (taken as UNKNOWN_QUESTION_TOKENS)."""
-    known = {entry: entry_question_tokens(entry) for entry in _task_entries(cfg)}
+    known = {entry: entry_question_tokens(entry, cfg) for entry in _task_entries(cfg)}
     unread = [entry for entry, tokens in known.items() if tokens is None]
     questions = [UNKNOWN_QUESTION_TOKENS if t is None else t for t in known.values()]
     return round(sum(questions) / len(questions)), unread

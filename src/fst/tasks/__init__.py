@@ -7,7 +7,7 @@ Splits and their DataFrame form live in fst.tasks.splits (it imports pandas).
 from __future__ import annotations
 
 from .arithmetic import ArithmeticTask
-from .base import DatasetTask, Problem, Score, Task
+from .base import DatasetTask, Problem, Score, Task, after_thinking
 from .claims import ClaimsTask
 from .code_output import CodeOutputTask
 from .codeio import CodeIOTask
@@ -61,7 +61,10 @@ def _family(name: str) -> Task | DatasetTask | None:
 
 
 def score_reply(problem: Problem, reply: str) -> Score:
-    """Score with the problem's family, or for user data by its meta["scoring"] rule."""
+    """Score with the problem's family, or for user data by its meta["scoring"] rule: the part of the
+    reply after a reasoning model's thinking (after_thinking), so that no word thought on the way is
+    taken for the answer."""
+    reply = after_thinking(reply)
     if family := _family(problem.task):
         return family.score(problem, reply)
     if problem.task.startswith("user") or "scoring" in problem.meta:

@@ -70,13 +70,18 @@ class DatasetTask(Protocol):
     def score(self, problem: Problem, reply: str) -> Score: ...
 
 
-def make_id(task: str, question: str) -> str:
+# Hex digits of a published dataset's problem ids: 8 (32 bits) would give distinct questions of a
+# 53K-row set the same id about one time in three.
+DATASET_ID_HEX = 16
+
+
+def make_id(task: str, question: str, hex_digits: int = 8) -> str:
     digest = hashlib.sha256(f"{task}\n{question}".encode()).hexdigest()
-    return f"{task}-{digest[:8]}"
+    return f"{task}-{digest[:hex_digits]}"
 
 
-def make_problem(task: str, question: str, answer: str, meta: dict) -> Problem:
-    return Problem(make_id(task, question), task, question, answer, meta)
+def make_problem(task: str, question: str, answer: str, meta: dict, hex_digits: int = 8) -> Problem:
+    return Problem(make_id(task, question, hex_digits), task, question, answer, meta)
 
 
 def make_score(correct: bool, parsed: bool, feedback: str) -> Score:
@@ -138,6 +143,15 @@ def same_number(a: float, b: float) -> bool:
 
 
 # --- free-text replies -----------------------------------------------------------------------
+
+THINK_END = "</think>"  # where the reasoning of Qwen3 (and DeepSeek-R1 style models) ends
+
+
+def after_thinking(reply: str) -> str:
+    """The reply after its last </think>: a reasoning model's answer; the whole reply without one."""
+    _, mark, answer = reply.rpartition(THINK_END)
+    return answer if mark else reply
+
 
 _TERMINAL = set(".!?)]}\"'`*")
 

@@ -1,7 +1,10 @@
 """CodeI/O output prediction (Li et al. 2025, arXiv 2502.07316) read from the raw CodeI/O release.
 
-A row is one problem statement with reference code and several input/output cases; each case is a
-problem. The outputs come with the data: dataset code is never executed.
+A row of the raw release (hkust-nlp/CodeIO-PyEdu-Reasoning-Raw, one JSON object per line) is one problem
+statement (`problem_description`, `io_requirements`) with reference code (`refcode`, entry function
+`funcname`) and several input/output cases (`ios`); each case is a problem. The outputs come with the
+data: dataset code is never executed. A row whose `ios` is empty gives no problems: the authors did not
+store cases whose inputs or outputs exceeded their size limits, and skip such rows.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import re
 
 from .base import (
+    DATASET_ID_HEX,
     Problem,
     Score,
     describe_missing,
@@ -26,15 +30,18 @@ from .base import (
 )
 
 SHOWN_CHARS = 120
+TEXT_COLUMNS = ("problem_description", "io_requirements", "refcode", "funcname")
+KEPT_COLUMNS = ("category", "source")  # copied into a problem's meta when they are strings
 _JSON_FENCE = re.compile(r"```json\s*\n?(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 def question_text(row: dict, case_input: object) -> str:
-    """The authors' output-prediction prompt (query, I/O requirements, input, code tip), reworded."""
+    """The authors' output-prediction prompt (problem, I/O requirements, input, code tip), reworded; their
+    template's {query} and {io_req} are the release's problem_description and io_requirements."""
     return (
         "You are given a problem that takes some input variables and produces an output:\n\n"
-        f"{row['query'].strip()}\n\n"
-        f"The input and output requirements are:\n\n{row['io_req'].strip()}\n\n"
+        f"{row['problem_description'].strip()}\n\n"
+        f"The input and output requirements are:\n\n{row['io_requirements'].strip()}\n\n"
         f"The input (keyword arguments of `{row['funcname']}`) is:\n\n{to_json(case_input)}\n\n"
         "Tip: this reference Python code solves the problem. Use it to guide your reasoning, "
         f"but do not copy spans of it.\n\n```python\n{row['refcode'].strip()}\n```\n\n"
@@ -67,31 +74,88 @@ def _jsonish(value: object) -> object:
 
 def brace_objects(text: str) -> list[str]:
     """The outermost balanced {...} spans of text, in order. Braces inside quoted strings of a span do
-    not count (quotes outside spans are prose apostrophes); a "{" never closed is skipped."""
-    spans, depth, start, quote, escaped = [], 0, 0, "", False
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if quote:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == quote:
-                quote = ""
-        elif depth and char in "\"'":
-            quote = char
-        elif char == "{":
-            start = i if depth == 0 else start
-            depth += 1
-        elif char == "}" and depth:
-            depth -= 1
-            if depth == 0:
-                spans.append(text[start : i + 1])
-        i += 1
-        if i == len(text) and depth:  # unclosed: rescan after its opening brace
-            i, depth, quote, escaped = start + 1, 0, "", False
+    not count (quotes outside spans are prose apostrophes); a "{" never closed is skipped, and the text
+    after it is read as if it were not there.
+
+    Each "{" starts a scan of the text after it; the spans are taken from the first "{" on, each span
+    ending where its scan closes and the next one starting at the first "{" after it. All the scans
+    are run in one pass: scans in the same string state see the same braces, so they move together.
+    """
+    spans: list[str] = []
+    after = 0
+    for start, end in sorted(_brace_ends(text).items()):
+        if start >= after:
+            spans.append(text[start : end + 1])
+            after = end + 1
     return spans
+
+
+class _Scans:
+    """Scans from several "{" in one string state: a brace moves all their depths alike. A scan's depth
+    is its key plus `offset`; scans of the same depth stay together until they close."""
+
+    __slots__ = ("by_key", "offset", "size")
+
+    def __init__(self) -> None:
+        self.by_key: dict[int, list[int]] = {}  # depth - offset -> the positions of their "{"
+        self.offset = 0
+        self.size = 0
+
+    def merge(self, other: _Scans) -> _Scans:
+        """The scans of both (the smaller moved into the larger, so a merge costs its smaller side)."""
+        big, small = (self, other) if self.size >= other.size else (other, self)
+        for key, starts in small.by_key.items():
+            moved = key + small.offset - big.offset
+            have = big.by_key.setdefault(moved, [])
+            if len(have) < len(starts):
+                have, starts = starts, have
+                big.by_key[moved] = have
+            have.extend(starts)
+        big.size += small.size
+        return big
+
+
+_ESCAPED = ('"\\', "'\\")  # the string states just after a backslash
+
+
+def _string_state(state: str, char: str) -> str:
+    """A scan's string state after `char`: "" outside strings, the quote inside one, the quote and a
+    backslash just after a backslash in one. Every open scan is inside a span, so quotes count."""
+    if not state:
+        return char if char in "\"'" else ""
+    if len(state) == 2:  # the character after a backslash is taken as it is
+        return state[0]
+    if char == state:
+        return ""
+    return state + "\\" if char == "\\" else state
+
+
+def _brace_ends(text: str) -> dict[int, int]:
+    """The position of each "{" whose scan closes, mapped to the position of its closing "}"."""
+    ends: dict[int, int] = {}
+    groups: dict[str, _Scans] = {}  # string state -> the open scans in it
+    for i, char in enumerate(text):
+        if char not in "{}\"'\\" and _ESCAPED[0] not in groups and _ESCAPED[1] not in groups:
+            continue
+        plain = groups.get("")
+        if char == "{":
+            plain = groups.setdefault("", _Scans())
+            plain.offset += 1
+            plain.by_key.setdefault(1 - plain.offset, []).append(i)
+            plain.size += 1
+        elif char == "}" and plain is not None:
+            plain.offset -= 1
+            for start in plain.by_key.pop(-plain.offset, []):
+                ends[start] = i
+                plain.size -= 1
+            if not plain.size:
+                del groups[""]
+        moved: dict[str, _Scans] = {}
+        for state, scans in groups.items():
+            after = _string_state(state, char)
+            moved[after] = moved[after].merge(scans) if after in moved else scans
+        groups = moved
+    return ends
 
 
 def reply_answer(reply: str) -> tuple[str | None, bool]:
@@ -117,16 +181,19 @@ class CodeIOTask:
         "input, and reference Python code as a tip. A reply is correct when the value of its final JSON "
         'object {"output": ...} equals the reference output exactly (numbers compared numerically).'
     )
-    columns = ("query", "io_req", "refcode", "funcname", "ios")
+    columns = ("problem_description", "io_requirements", "refcode", "funcname", "ios")
 
     def problems(self, row: dict, where: str, options: dict) -> list[Problem]:
-        """The first `cases_per_row` cases of `ios` (repeated inputs skipped)."""
-        for column in ("query", "io_req", "refcode", "funcname"):
+        """The first `cases_per_row` cases of `ios` (repeated inputs skipped); none when `ios` is empty."""
+        cases = _cases(row, where)
+        if not cases:  # skipped, as the authors do
+            return []
+        for column in TEXT_COLUMNS:
             _require_text(row, column, where)
         limit = options["cases_per_row"]  # the schema's datasets.codeio.cases_per_row, at least 1
         problems: list[Problem] = []
         seen: set[str] = set()
-        for index, case in enumerate(_cases(row, where)):
+        for index, case in enumerate(cases):
             if len(problems) == limit:
                 break
             question = question_text(row, case["input"])
@@ -134,7 +201,9 @@ class CodeIOTask:
                 continue
             seen.add(question)
             meta = {"funcname": row["funcname"], "input": to_json(case["input"]), "case": index}
-            problems.append(make_problem(self.name, question, to_json(case["output"]), meta))
+            meta.update({key: row[key] for key in KEPT_COLUMNS if isinstance(row.get(key), str)})
+            answer = to_json(case["output"])
+            problems.append(make_problem(self.name, question, answer, meta, hex_digits=DATASET_ID_HEX))
         return problems
 
     def score(self, problem: Problem, reply: str) -> Score:
@@ -194,22 +263,24 @@ def _require_text(row: dict, column: str, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(
             f'{where}: column "{column}" must be a non-empty string, got {excerpt(repr(value))}; '
-            "rows need the raw CodeI/O layout (query, io_req, refcode, funcname, ios)"
+            "rows need the raw CodeI/O layout (problem_description, io_requirements, refcode, funcname, "
+            "ios)"
         )
     return value
 
 
 def _cases(row: dict, where: str) -> list[dict]:
     """`ios` as a list of {"input", "output"} cases; a JSON string holding that list is accepted too
-    (how a Parquet snapshot may store mixed-type values)."""
+    (how a Parquet snapshot may store mixed-type values). An empty list is a row the authors left
+    without cases (too large to store) and skip."""
     ios = row.get("ios")
     if isinstance(ios, str):
         with contextlib.suppress(json.JSONDecodeError):
             ios = json.loads(ios)
-    if not isinstance(ios, list) or not ios:
+    if not isinstance(ios, list):
         raise ValueError(
-            f'{where}: column "ios" must be a non-empty list of {{"input": {{...}}, "output": ...}} '
-            f"cases, got {excerpt(repr(ios))}; drop the row or fill in its cases"
+            f'{where}: column "ios" must be a list of {{"input": {{...}}, "output": ...}} cases, got '
+            f"{excerpt(repr(ios))}; drop the row or fill in its cases"
         )
     for index, case in enumerate(ios):
         if not isinstance(case, dict) or "input" not in case or "output" not in case:

@@ -3,7 +3,7 @@
 HoVer rows point into Wikipedia ((title, sentence index) supporting facts) without the text, so the
 evidence sentences come from an `evidence` column or from an evidence file (options["evidence"]: a
 JSONL of {"title", "sentences"} per article). The task is labelling the claim with its gold evidence
-given, not HoVer's retrieval task (docs/paper-tasks-hover.md).
+given, not HoVer's retrieval task (docs/paper-tasks.md, "How this differs from the paper's HoVer-hard").
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
-from .base import Problem, Score, excerpt, label_score, make_problem
+from .base import DATASET_ID_HEX, Problem, Score, excerpt, label_score, make_problem
 from .claims import LABEL_WORDS as CLAIM_WORDS
 from .claims import REFUTED
 
@@ -88,14 +88,9 @@ class HoverTask:
         label = _label(row.get("label"), where)
         facts = _facts(row.get("supporting_facts"), where)
         unique = list(dict.fromkeys(facts))  # HoVer repeats some pointers
-        min_hops = options.get("min_hops")
-        if min_hops is not None:
-            if isinstance(min_hops, bool) or not isinstance(min_hops, int) or min_hops < 1:
-                raise ValueError(
-                    f"{where}: option min_hops must be a positive integer or null, got {min_hops!r}"
-                )
-            if _hops(row, unique, where) < min_hops:
-                return []
+        min_hops = options.get("min_hops")  # the schema's datasets.hover.min_hops: null or an int >= 2
+        if min_hops is not None and _hops(row, unique, where) < min_hops:
+            return []
         evidence = _evidence(row, facts, where, options)
         uid = row.get("uid")
         meta = {
@@ -106,7 +101,8 @@ class HoverTask:
             "supporting_facts": [list(fact) for fact in unique],
             "num_hops": _hops(row, unique, where),
         }
-        return [make_problem(self.name, question_text(evidence, claim.strip()), label, meta)]
+        question = question_text(evidence, claim.strip())
+        return [make_problem(self.name, question, label, meta, DATASET_ID_HEX)]
 
     def score(self, problem: Problem, reply: str) -> Score:
         choices = "SUPPORTED or NOT_SUPPORTED"

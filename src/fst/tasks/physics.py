@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .base import Problem, Score, make_problem
+from .base import DATASET_ID_HEX, Problem, Score, make_problem
 from .math_answers import BOXED_INSTRUCTION, Verdict, math_score, percent, row_answer, row_text
 
 
@@ -34,7 +34,8 @@ class PhysicsTask:
         if isinstance(unit, str) and unit.strip():
             meta["unit"] = unit.strip()
             instruction = f"Give the answer in {unit.strip()}. {BOXED_INSTRUCTION}"
-        return [make_problem(self.name, f"{question}\n\n{instruction}", answer, meta)]
+        question = f"{question}\n\n{instruction}"
+        return [make_problem(self.name, question, answer, meta, DATASET_ID_HEX)]
 
     def score(self, problem: Problem, reply: str) -> Score:
         rel_tol = problem.meta["rel_tol"]

@@ -6,7 +6,7 @@ DeepSeek-R1-Distill-Qwen-7B reached on it). Replies are scored with math-verify 
 
 from __future__ import annotations
 
-from .base import Problem, Score, make_problem
+from .base import DATASET_ID_HEX, Problem, Score, make_problem
 from .math_answers import BOXED_INSTRUCTION, math_score, row_answer, row_text
 
 
@@ -25,7 +25,8 @@ class PolarisTask:
         answer = row_answer(row, "answer", where)
         difficulty = row.get("difficulty")
         meta = {"difficulty": difficulty} if isinstance(difficulty, str | int | float) else {}
-        return [make_problem(self.name, f"{question}\n\n{BOXED_INSTRUCTION}", answer, meta)]
+        question = f"{question}\n\n{BOXED_INSTRUCTION}"
+        return [make_problem(self.name, question, answer, meta, DATASET_ID_HEX)]
 
     def score(self, problem: Problem, reply: str) -> Score:
         return math_score(problem, reply)

@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -66,8 +67,14 @@ def data_files(spec: dict, *, local_only: bool = False) -> tuple[Path, list[Path
     if root.is_file():
         return root.parent, [root], revision
     pattern = spec.get("files")
-    found = sorted(root.rglob(pattern) if pattern else root.rglob("*"))
-    files = [f for f in found if f.is_file() and f.suffix in DATA_SUFFIXES and not f.name.startswith(".")]
+    files = [
+        f
+        for f in sorted(root.rglob("*"))
+        if f.is_file() and f.suffix in DATA_SUFFIXES and not f.name.startswith(".")
+        # one matcher for a folder and a snapshot: fnmatch on the path below the root, as huggingface_hub
+        # matches allow_patterns (a "*" crosses folders)
+        and (not pattern or fnmatch(f.relative_to(root).as_posix(), pattern))
+    ]
     if not files:
         wanted = f"matching '{pattern}'" if pattern else f"({', '.join(DATA_SUFFIXES)})"
         raise FileNotFoundError(f"{root} holds no data files {wanted}")
@@ -75,34 +82,40 @@ def data_files(spec: dict, *, local_only: bool = False) -> tuple[Path, list[Path
 
 
 def read_rows(path: Path) -> Iterator[tuple[str, object]]:
-    """(where, row) of one data file: JSON lines, a JSON array (or JSON lines named .json), Parquet."""
+    """(where, row) of one data file, streamed: JSON lines, a JSON array (or JSON lines named .json),
+    Parquet (one record batch at a time)."""
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield f"{path} row {number}", row
+        number = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"{path} row {number}", row
         return
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        for number, row in enumerate(json.loads(text), start=1):
-            yield f"{path} item {number}", row
+    with path.open(encoding="utf-8") as lines:
+        first = lines.readline()
+        if path.suffix == ".json" and first.lstrip().startswith("["):
+            for number, row in enumerate(json.loads(first + lines.read()), start=1):
+                yield f"{path} item {number}", row
+            return
+        for number, line in enumerate([first], start=1):
+            yield from _json_line(path, number, line)
+        for number, line in enumerate(lines, start=2):
+            yield from _json_line(path, number, line)
+
+
+def _json_line(path: Path, number: int, line: str) -> Iterator[tuple[str, object]]:
+    if not line.strip():
         return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                yield f"{path} line {number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{path} line {number}: invalid JSON ({err.msg}); one object per line"
-                ) from None
+    try:
+        yield f"{path} line {number}", json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} line {number}: invalid JSON ({err.msg}); one object per line") from None
 
 
 def first_row(path: Path) -> tuple[str, object]:
-    """The first row of a data file (a Parquet file's schema stands for it: no rows are read)."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return f"{path}", dict.fromkeys(pq.read_schema(path).names)
+    """The first row of a data file, read without the rest."""
     return next(read_rows(path), (str(path), {}))
 
 
@@ -156,6 +169,21 @@ def cached_files(spec: dict) -> tuple[Path, list[Path], str | None] | None:
         return data_files(spec, local_only=True)
     except LocalEntryNotFoundError:
         return None
+
+
+def first_problems(family: str, spec: dict, count: int) -> list:
+    """Up to `count` problems of the first rows of a source already here (a path, or a hub snapshot in
+    the cache); [] for one that only a download would give."""
+    from fst.tasks import get_dataset
+
+    found = cached_files(spec)
+    problems: list = []
+    for file in found[1] if found else []:
+        for where, row in read_rows(file):
+            problems += get_dataset(family).problems(row, where, spec)
+            if len(problems) >= count:
+                return problems[:count]
+    return problems
 
 
 def hub_unreachable(spec: dict) -> str | None:
