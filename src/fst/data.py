@@ -39,8 +39,9 @@ def build_task_data(task: str, seed: int, sizes: dict[str, int], data_file: str 
 
 def build_dataset_data(family: str, seed: int, sizes: dict[str, int], spec: dict):
     """A published dataset's problems, read once from its source (datasets.<family>) and split like a
-    user's file. Returns the frame, the source record and how many repeated questions were dropped (a
-    question met twice could otherwise sit in train and test at once)."""
+    user's file. Returns the frame, the source record and counts for provenance: rows, the problems they
+    made (a CodeI/O row makes up to cases_per_row, one without cases none, a HoVer claim under min_hops
+    none) and the repeated questions dropped (one met twice could otherwise sit in train and test)."""
     from fst.tasks import get_dataset
     from fst.tasks.sources import describe, load_rows
 
@@ -54,7 +55,12 @@ def build_dataset_data(family: str, seed: int, sizes: dict[str, int], spec: dict
     if len({problem.id for problem in unique}) < len(unique):  # 64-bit ids: not expected at any size
         raise ValueError(f"{describe(spec)}: two different questions hashed to one problem id")
     splits = split_user_problems(unique, seed, sizes, describe(spec))
-    return problems_to_frame(splits), record, len(made) - len(unique)
+    counts = {
+        "source_rows": record.rows,
+        "problems_made": len(made),
+        "repeated_questions_dropped": len(made) - len(unique),
+    }
+    return problems_to_frame(splits), record, counts
 
 
 def load_split(path: Path, split: str) -> list[Problem]:

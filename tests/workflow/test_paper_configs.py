@@ -119,5 +119,7 @@ def test_the_data_job_reads_each_source_into_splits_with_the_source_in_provenanc
         assert source["files"] == [path.name] and source["sha256"] == content_hash(path.parent, [path])
         assert source["rows"] == sum(1 for line in path.read_text().splitlines() if line.strip())
         assert record["config"]["source"]["path"] == str(path) and record["seed"] == 0
+        made = {"codeio": 7, "polaris": 6, "hover": 6, "physics": 6}[family]  # codeio: a row without cases
+        assert record["counts"]["source_rows"] == source["rows"] and record["counts"]["problems_made"] == made
     physics = pd.read_parquet(tmp_path / "results/tiny/data/physics.parquet")
     assert {json.loads(meta)["rel_tol"] for meta in physics["meta"]} == {0.02}  # the config's, per problem

@@ -41,9 +41,9 @@ def cmd_tasks(args) -> None:
     )
     if source:
         with prov.timed("read_source"):
-            frame, record, repeated = build_dataset_data(args.task, args.seed, sizes, source)
+            frame, record, counts = build_dataset_data(args.task, args.seed, sizes, source)
         prov.record["source"] = record.as_dict()  # name, resolved revision, content hash, files, rows
-        prov.count(source_rows=record.rows, repeated_problems_dropped=repeated)
+        prov.count(**counts)
     else:
         frame = build_task_data(args.task, args.seed, sizes, args.data_file)
     artifacts.write_parquet(frame, args.out)
