@@ -15,7 +15,8 @@ import jsonschema
 import yaml
 
 # The schema is the one place defaults live; it sits in the repository beside the rules that use it.
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+REPO = Path(__file__).resolve().parents[2]  # the checkout: Snakefile, config/, benchmarks/
+SCHEMA_PATH = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 # Keys that were removed, and why: a clearer message than "unknown key" for configs that still set them.
 RETIRED_KEYS = {
@@ -241,22 +242,27 @@ def problems_per_round(cfg: dict) -> int:
     return slow["steps_per_round"] * slow["batch_size"] // cfg["rollout"]["group_size"]
 
 
-def _merged(base: dict, update: dict) -> dict:
+def merged(base: dict, update: dict) -> dict:
     """Snakemake's way of layering config files: nested mappings merge, other values replace."""
     out = dict(base)
     for key, value in update.items():
         nested = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _merged(out[key], value) if nested else value
+        out[key] = merged(out[key], value) if nested else value
     return out
+
+
+def layered_config(configfiles: list[Path]) -> dict:
+    """config/config.yaml, then `configfiles` in order: what `snakemake --configfile ...` reads."""
+    config: dict = {}
+    for path in [REPO / "config" / "config.yaml", *configfiles]:
+        config = merged(config, yaml.safe_load(Path(path).read_text()) or {})
+    return config
 
 
 def show_config(configfiles: list[Path]) -> str:
     """The resolved configuration of config/config.yaml plus `configfiles`, as commented YAML."""
-    config: dict = {}
-    for path in [SCHEMA_PATH.parents[2] / "config" / "config.yaml", *configfiles]:
-        config = _merged(config, yaml.safe_load(Path(path).read_text()) or {})
     source = ", ".join(map(str, configfiles)) or "config/config.yaml"
-    resolved = validate_config(config, SCHEMA_PATH, source=source)
+    resolved = validate_config(layered_config(configfiles), SCHEMA_PATH, source=source)
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     return f"# resolved from the schema's defaults and {source}\n" + "".join(_commented(resolved, schema, 0))
 

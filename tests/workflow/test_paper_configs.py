@@ -29,10 +29,10 @@ LOCAL_SOURCES = {
 
 
 def _layered(name: str, datasets: dict | None) -> dict:
-    from fst.config import _merged
+    from fst.config import merged
 
     config = yaml.safe_load((REPO / "config" / "experiments" / name).read_text())
-    return _merged(config, {"datasets": datasets}) if datasets else config
+    return merged(config, {"datasets": datasets}) if datasets else config
 
 
 def test_every_shipped_experiment_config_validates():

@@ -14,13 +14,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-import yaml
-
-from fst.config import SCHEMA_PATH, _merged
+from fst.config import SCHEMA_PATH, layered_config, merged
 from fst.kinds import runs
 from fst.plan.counts import add_counts, run_counts
 from fst.plan.figures import FIGURES_PATH, choose_device, estimate_hours, figures_model, load_figures
-from fst.plan.jobs import REPO, PlanError, job_counts
+from fst.plan.jobs import PlanError, job_counts
 from fst.plan.tokens import prompt_tokens, question_tokens, reflection_input_tokens, stage_tokens
 
 __all__ = ["PlanError", "load_config", "make_plan", "point_configs", "point_plan"]
@@ -32,13 +30,11 @@ SUMMED_TOKENS = ("policy_tokens", "reflection_input_tokens", "reflection_output_
 def load_config(configfiles: list[Path], overrides: list[str] = ()) -> dict:
     """config/config.yaml, then `configfiles` in order, then `--config KEY=VALUE` entries (Snakemake's
     own parsing of them): the config a `snakemake --configfile ... --config ...` run sees."""
-    config: dict = {}
-    for path in [REPO / "config" / "config.yaml", *configfiles]:
-        config = _merged(config, yaml.safe_load(Path(path).read_text()) or {})
+    config = layered_config(configfiles)
     if overrides:
         from snakemake.cli import parse_config
 
-        config = _merged(config, parse_config(list(overrides)))
+        config = merged(config, parse_config(list(overrides)))
     return config
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from fst.config import SCHEMA_PATH
+from fst.config import REPO
 
-FIGURES_PATH = SCHEMA_PATH.parents[2] / "benchmarks" / "throughput.yaml"
+FIGURES_PATH = REPO / "benchmarks" / "throughput.yaml"
 
 
 @dataclass(frozen=True)

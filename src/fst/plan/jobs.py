@@ -6,9 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fst.config import SCHEMA_PATH
-
-REPO = SCHEMA_PATH.parents[2]  # the repository root, where Snakemake runs
+from fst.config import REPO
 
 
 class PlanError(RuntimeError):
