@@ -366,3 +366,30 @@ def test_descriptions_say_when_a_reply_is_correct_and_columns_match_the_fixtures
     for task, name in ((CODEIO, "codeio.jsonl"), (HOVER, "hover.jsonl")):
         assert "correct when" in task.description
         assert all(set(task.columns) <= set(row) for row in rows(name))
+
+
+def _corpus(tmp_path: Path) -> str:
+    """HoVer's wiki_wo_links.db in miniature: documents(id = NFD title, text = the introduction)."""
+    import sqlite3
+    import unicodedata
+
+    path = tmp_path / "wiki_wo_links.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE documents (id PRIMARY KEY, text)")
+        for article in rows("hover_evidence.jsonl"):
+            title = unicodedata.normalize("NFD", article["title"])
+            db.execute("INSERT INTO documents VALUES (?, ?)", (title, " ".join(article["sentences"])))
+    return str(path)
+
+
+def test_hover_evidence_from_hovers_corpus_is_the_whole_introduction_of_each_article(tmp_path):
+    corpus = _corpus(tmp_path)
+    (problem,) = HOVER.problems(rows("hover.jsonl")[0], "hover.jsonl line 1", {"evidence": corpus})
+    articles = {a["title"]: " ".join(" ".join(a["sentences"]).split()) for a in rows("hover_evidence.jsonl")}
+    for title in ("Pride and Prejudice", "Jane Austen"):  # every sentence, not only the pointed-to one
+        assert f"[{title}] {articles[title]}" in problem.question
+    (same,) = HOVER.problems(rows("hover.jsonl")[0], "hover.jsonl line 1", {"evidence": EVIDENCE})
+    assert same.answer == problem.answer and same.meta == problem.meta
+    row = rows("hover.jsonl")[0] | {"supporting_facts": [["Pride and Prejudice", 0], ["Nowhere Town", 0]]}
+    with pytest.raises(ValueError, match=r"line 1: supporting article 'Nowhere Town' is not in the evidence"):
+        HOVER.problems(row, "hover.jsonl line 1", {"evidence": corpus})

@@ -1,14 +1,16 @@
 """HoVer multi-hop claim verification (Jiang et al. 2020) read from the HoVer release.
 
 HoVer rows point into Wikipedia ((title, sentence index) supporting facts) without the text, so the
-evidence sentences come from an `evidence` column or from an evidence file (options["evidence"]: a
-JSONL of {"title", "sentences"} per article). The task is labelling the claim with its gold evidence
-given, not HoVer's retrieval task (docs/paper-tasks.md, "How this differs from the paper's HoVer-hard").
+evidence comes from an `evidence` column, or from options["evidence"]: HoVer's corpus wiki_wo_links.db
+(each gold article's whole introduction) or a JSONL of {"title", "sentences"} per article. The task is
+labelling the claim with its gold evidence given, not HoVer's retrieval task (docs/paper-tasks.md, "How
+this differs from the paper's HoVer-hard").
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import unicodedata
 from functools import lru_cache
 from pathlib import Path
@@ -180,8 +182,11 @@ def _evidence(row: dict, facts: list[tuple[str, int]], where: str, options: dict
     if not path:
         raise ValueError(
             f'{where}: no evidence text: the row has no "evidence" column and the dataset has no evidence '
-            'option; set it to a JSONL of {"title": ..., "sentences": [...]} per Wikipedia article'
+            "option; set it to HoVer's wiki_wo_links.db or to a JSONL of "
+            '{"title": ..., "sentences": [...]} per Wikipedia article'
         )
+    if str(path).endswith(".db"):
+        return _introductions(facts, where, str(path))
     articles = load_evidence(str(path))
     evidence = []
     for title, index in dict.fromkeys(facts):
@@ -193,4 +198,33 @@ def _evidence(row: dict, facts: list[tuple[str, int]], where: str, options: dict
                 f"the article {found}; add the article's sentences to that file or drop the row"
             )
         evidence.append((title, sentences[index]))
+    return evidence
+
+
+@lru_cache(maxsize=4)
+def _corpus(path: str) -> sqlite3.Connection:
+    """HoVer's Wikipedia corpus (wiki_wo_links.db: table documents(id = title, text = introduction)),
+    opened read-only once per path."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"evidence corpus not found: {path}; download HoVer's wiki_wo_links.db")
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+
+
+def _introductions(facts: list[tuple[str, int]], where: str, path: str) -> list[tuple[str, str]]:
+    """(title, whole introduction) per supporting article, from HoVer's corpus. The corpus holds each
+    article's introduction unsplit: HoVer's sentence indexes count in Stanford CoreNLP's split, which we
+    do not reproduce, so the model reads the gold articles whole (the sentences pointed to among them)."""
+    evidence = []
+    for title in dict.fromkeys(title for title, _ in facts):
+        found = None
+        for key in dict.fromkeys((unicodedata.normalize("NFD", title), title)):  # HoVer stores NFD ids
+            found = _corpus(path).execute("SELECT text FROM documents WHERE id = ?", (key,)).fetchone()
+            if found:
+                break
+        if not found or not str(found[0]).strip():
+            raise ValueError(
+                f"{where}: supporting article {title!r} is not in the evidence corpus {path}; check that "
+                "it is HoVer's wiki_wo_links.db, or drop the row"
+            )
+        evidence.append((title, " ".join(str(found[0]).split())))
     return evidence
