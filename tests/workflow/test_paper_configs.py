@@ -4,6 +4,7 @@ each dataset's layout (nothing here reaches the hub)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -121,5 +122,9 @@ def test_the_data_job_reads_each_source_into_splits_with_the_source_in_provenanc
         assert record["config"]["source"]["path"] == str(path) and record["seed"] == 0
         made = {"codeio": 7, "polaris": 6, "hover": 6, "physics": 6}[family]  # codeio: a row without cases
         assert record["counts"]["source_rows"] == source["rows"] and record["counts"]["problems_made"] == made
+    hover = json.loads((tmp_path / "results/tiny/provenance/data_hover.json").read_text())
+    evidence = FIXTURES / "hover_evidence.jsonl"
+    digest = hashlib.sha256(evidence.read_bytes()).hexdigest()
+    assert hover["inputs"]["evidence"] == {"path": str(evidence), "sha256": digest}  # the evidence, hashed
     physics = pd.read_parquet(tmp_path / "results/tiny/data/physics.parquet")
     assert {json.loads(meta)["rel_tol"] for meta in physics["meta"]} == {0.02}  # the config's, per problem

@@ -33,9 +33,12 @@ def cmd_tasks(args) -> None:
 
     sizes = json.loads(args.sizes)
     source = json.loads(args.source) if args.source else None
+    # hashed into the record's inputs: the user's file, or a HoVer source's evidence (the data files of a
+    # published dataset are hashed into its source record instead)
+    inputs = {"data_file": args.data_file, "evidence": (source or {}).get("evidence")}
     prov = Provenance(
         "tasks",
-        {"data_file": args.data_file} if args.data_file else {},
+        {name: path for name, path in inputs.items() if path},
         {"task": args.task, "seed": args.seed, "sizes": sizes, **({"source": source} if source else {})},
         seed=args.seed,
     )
