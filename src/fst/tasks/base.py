@@ -117,6 +117,17 @@ def draw_distinct(
     return problems
 
 
+# --- published datasets' rows ----------------------------------------------------------------
+
+
+def row_text(row: dict, column: str, where: str, kind: str = "a non-empty string") -> str:
+    """A required non-empty text column of a published dataset's row, stripped."""
+    value = row.get(column)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f'{where}: column "{column}" must be {kind}, got {value!r}; fix or drop the row')
+    return value.strip()
+
+
 # --- numbers ---------------------------------------------------------------------------------
 
 # A minus sign counts only when it is not a hyphen between words/numbers ("5-3" is 5 and 3).

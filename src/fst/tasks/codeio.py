@@ -25,6 +25,7 @@ from .base import (
     make_problem,
     make_score,
     parse_value,
+    row_text,
     same_value,
     type_name,
 )
@@ -189,7 +190,7 @@ class CodeIOTask:
         if not cases:  # skipped, as the authors do
             return []
         for column in TEXT_COLUMNS:
-            _require_text(row, column, where)
+            row_text(row, column, where)
         limit = options["cases_per_row"]  # the schema's datasets.codeio.cases_per_row, at least 1
         problems: list[Problem] = []
         seen: set[str] = set()
@@ -256,17 +257,6 @@ def _mistake(got: object, want: object, reply: str) -> str:
     if isinstance(got, dict) and got.keys() != want.keys():
         return f"wrong keys, {sorted(map(str, got))} instead of {sorted(want)}"
     return "wrong value"
-
-
-def _require_text(row: dict, column: str, where: str) -> str:
-    value = row.get(column)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(
-            f'{where}: column "{column}" must be a non-empty string, got {excerpt(repr(value))}; '
-            "rows need the raw CodeI/O layout (problem_description, io_requirements, refcode, funcname, "
-            "ios)"
-        )
-    return value
 
 
 def _cases(row: dict, where: str) -> list[dict]:

@@ -15,7 +15,7 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
-from .base import DATASET_ID_HEX, Problem, Score, excerpt, label_score, make_problem
+from .base import DATASET_ID_HEX, Problem, Score, excerpt, label_score, make_problem, row_text
 from .claims import LABEL_WORDS as CLAIM_WORDS
 from .claims import REFUTED
 
@@ -84,9 +84,7 @@ class HoverTask:
 
     def problems(self, row: dict, where: str, options: dict) -> list[Problem]:
         """One problem, or none when options["min_hops"] is set and the claim has fewer hops."""
-        claim = row.get("claim")
-        if not isinstance(claim, str) or not claim.strip():
-            raise ValueError(f'{where}: column "claim" must be a non-empty string, got {claim!r}')
+        claim = row_text(row, "claim", where)
         label = _label(row.get("label"), where)
         facts = _facts(row.get("supporting_facts"), where)
         unique = list(dict.fromkeys(facts))  # HoVer repeats some pointers
@@ -103,7 +101,7 @@ class HoverTask:
             "supporting_facts": [list(fact) for fact in unique],
             "num_hops": _hops(row, unique, where),
         }
-        question = question_text(evidence, claim.strip())
+        question = question_text(evidence, claim)
         return [make_problem(self.name, question, label, meta, DATASET_ID_HEX)]
 
     def score(self, problem: Problem, reply: str) -> Score:

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .base import Problem, Score, describe_missing, excerpt, looks_cut_off, make_score
+from .base import Problem, Score, describe_missing, excerpt, looks_cut_off, make_score, row_text
 
 # Seconds math-verify may spend on each parse or comparison (its own default). Whole seconds: it uses
 # signal.alarm. A nested power such as 9^{9^{9^{9}}} against 9^{9^{9^{9^{9}}}} takes this long to fail.
@@ -254,14 +254,6 @@ def percent(fraction: float) -> str:
 
 
 # --- source rows ---------------------------------------------------------------------------
-
-
-def row_text(row: dict, column: str, where: str, kind: str = "a non-empty string") -> str:
-    """A required non-empty text column of a source row."""
-    value = row.get(column)
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f'{where}: column "{column}" must be {kind}, got {value!r}; fix or drop the row')
-    return value.strip()
 
 
 def row_answer(row: dict, column: str, where: str, numbers: bool = False) -> str:

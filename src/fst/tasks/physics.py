@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 
-from .base import DATASET_ID_HEX, Problem, Score, make_problem
-from .math_answers import BOXED_INSTRUCTION, Verdict, math_score, percent, row_answer, row_text
+from .base import DATASET_ID_HEX, Problem, Score, make_problem, row_text
+from .math_answers import BOXED_INSTRUCTION, Verdict, math_score, percent, row_answer
 
 
 class PhysicsTask:

@@ -6,8 +6,8 @@ DeepSeek-R1-Distill-Qwen-7B reached on it). Replies are scored with math-verify 
 
 from __future__ import annotations
 
-from .base import DATASET_ID_HEX, Problem, Score, make_problem
-from .math_answers import BOXED_INSTRUCTION, math_score, row_answer, row_text
+from .base import DATASET_ID_HEX, Problem, Score, make_problem, row_text
+from .math_answers import BOXED_INSTRUCTION, math_score, row_answer
 
 
 class PolarisTask:
