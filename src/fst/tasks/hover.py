@@ -9,7 +9,6 @@ this differs from the paper's HoVer-hard").
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import unicodedata
 from functools import lru_cache
@@ -18,6 +17,7 @@ from pathlib import Path
 from .base import DATASET_ID_HEX, Problem, Score, excerpt, label_score, make_problem, row_text
 from .claims import LABEL_WORDS as CLAIM_WORDS
 from .claims import REFUTED
+from .sources import read_rows
 
 SUPPORTED, NOT_SUPPORTED = "SUPPORTED", "NOT_SUPPORTED"
 LABEL_WORDS = {
@@ -54,22 +54,14 @@ def load_evidence(path: str) -> dict[str, list[str]]:
             '{"title": ..., "sentences": [...]} per Wikipedia article'
         )
     articles: dict[str, list[str]] = {}
-    with file.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                article = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{file} line {number}: invalid JSON ({err.msg})") from None
-            title = article.get("title") if isinstance(article, dict) else None
-            sentences = article.get("sentences") if isinstance(article, dict) else None
-            if not isinstance(title, str) or not isinstance(sentences, list):
-                raise ValueError(
-                    f'{file} line {number}: expected {{"title": str, "sentences": [str, ...]}}, '
-                    f"got {excerpt(line.strip())}"
-                )
-            articles.setdefault(_key(title), [str(s).strip() for s in sentences])
+    for where, article in read_rows(file):
+        title = article.get("title") if isinstance(article, dict) else None
+        sentences = article.get("sentences") if isinstance(article, dict) else None
+        if not isinstance(title, str) or not isinstance(sentences, list):
+            raise ValueError(
+                f'{where}: expected {{"title": str, "sentences": [str, ...]}}, got {excerpt(repr(article))}'
+            )
+        articles.setdefault(_key(title), [str(s).strip() for s in sentences])
     return articles
 
 

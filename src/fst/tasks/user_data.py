@@ -17,6 +17,7 @@ from .base import (
     numeric_score,
     parse_number,
 )
+from .sources import read_rows
 
 SUFFIXES = (".jsonl", ".parquet")
 SCORINGS = ("numeric", "exact", "label")
@@ -41,20 +42,30 @@ def load_user_problems(path: str | Path, name: str = "user") -> list[Problem]:
         raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)}")
     if not path.is_file():
         raise FileNotFoundError(f"user data file not found: {path}")
-    rows = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path)
     problems: list[Problem] = []
     first_seen: dict[str, str] = {}
-    for where, row in rows:
-        problem = _to_problem(row, f"{path} {where}", name)
+    for where, row in _rows(path):
+        problem = _to_problem(row, where, name)
         if problem.id in first_seen:
             raise ValueError(
-                f"{path} {where}: id {problem.id!r} was already used on {first_seen[problem.id]}; "
+                f"{where}: id {problem.id!r} was already used on {first_seen[problem.id]}; "
                 "ids must be unique (a row without an id gets one from its question, "
                 "so a repeated question clashes too)"
             )
-        first_seen[problem.id] = where
+        first_seen[problem.id] = where.removeprefix(f"{path} ")
         problems.append(problem)
     return problems
+
+
+def _rows(path: Path) -> Iterator[tuple[str, object]]:
+    """The file's rows as a published dataset's are read (sources.read_rows), with an unreadable
+    Parquet file named as such."""
+    import pyarrow as pa
+
+    try:
+        yield from read_rows(path)
+    except pa.ArrowException as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
 
 
 def description(scorings: Collection[str]) -> str:
@@ -62,32 +73,6 @@ def description(scorings: Collection[str]) -> str:
     is the user's own questions, and how its scoring rules (`meta["scoring"]`) judge a reply."""
     rules = " or ".join(SCORING_RULES[s] for s in SCORINGS if s in set(scorings))
     return f"Questions from the user's own data set. A reply is correct when {rules}."
-
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, object]]:
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"line {number}", json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{path} line {number}: invalid JSON ({err.msg}, column {err.colno}); "
-                    "each line must hold one JSON object"
-                ) from None
-
-
-def _parquet_rows(path: Path) -> Iterator[tuple[str, object]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except pa.ArrowException as err:
-        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield f"row {number}", row
 
 
 def _to_problem(row: object, where: str, name: str) -> Problem:
