@@ -100,11 +100,13 @@ def release_gpu_memory() -> None:
 
 
 def describe(runtime: Runtime) -> dict:
-    """Provenance: what the stage ran on (device name and memory on a GPU)."""
+    """Provenance: what the stage ran on (device name and memory on a GPU, torch's threads on a CPU)."""
     import torch
 
     record = {"device": runtime.device, "dtype": runtime.dtype, "backend": runtime.backend,
               "torch": torch.__version__, "cuda": torch.version.cuda}
+    if runtime.device == "cpu":  # a CPU's float sums depend on it (profiles/default/ sets it to 1)
+        record["cpu_threads"] = torch.get_num_threads()
     if runtime.device == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         record |= {"device_name": props.name, "device_memory_gib": round(props.total_memory / 2**30, 1),

@@ -75,15 +75,12 @@ def runtime_identity(runtime, vllm_settings: dict | None = None) -> dict:
     """What the numbers depend on besides the inputs: the device (its name, CUDA and torch versions),
     dtype and backend (and a vLLM engine's settings), the CPU and its threads (they change the sums'
     order), the packages, and the code itself (its source, edits not yet committed included)."""
-    import torch
-
     from fst.device import describe
 
     return {
-        "runtime": describe(runtime),
+        "runtime": describe(runtime),  # on a CPU with torch's thread count
         "vllm": vllm_settings if runtime.backend == "vllm" else None,
         "cpu": _cpu_model(),
-        "cpu_threads": torch.get_num_threads() if runtime.device == "cpu" else None,
         "versions": artifacts.package_versions(),
         "source": SOURCE,
     }

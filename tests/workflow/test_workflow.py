@@ -179,6 +179,12 @@ def test_fst_and_gepa_arms_run_gepa_rounds_with_lineage_and_accounting(tmp_path,
         gepa_rollouts = pd.read_parquet(run / f"{arm}/seed0/round0/gepa_rollouts.parquet")
         assert len(gepa_rollouts) == report["stats"]["metric_calls"]
     assert not (run / "gepa/seed0/round0/rollouts.parquet").exists()  # arm gepa trains no weights
+    # profiles/default/ runs every model stage on one torch thread, whatever --cores: numbers that do
+    # not depend on the machine's cores, and two model jobs at once on two cores
+    runtimes = [json.loads(path.read_text()).get("runtime") for path in run.rglob("*.json")
+                if "provenance" in path.parts or path.name == "provenance.json"]
+    threads = [runtime["cpu_threads"] for runtime in runtimes if runtime]
+    assert len(threads) >= 10 and set(threads) == {1}
     summary = pd.read_parquet(tmp_path / "results/tiny/summary.parquet")
     after = summary[summary["after_rounds"] == 1].groupby("arm").first()
     assert after.loc["gepa", "rl_steps"] == 0 and after.loc["fst", "rl_steps"] == 2
