@@ -14,8 +14,8 @@ problems, unshuffled), the same seed prompt, G, batch, T steps per generation (t
 generated at once, as our rollout stage does), max tokens, temperature, LoRA and CISPO settings
 (fst.slow.grpo_args), our reward function; no checkpoints (TRL's loop keeps nothing between rounds).
 
-Both sides are timed from process start to exit, alternating, with OMP_NUM_THREADS=2 (the model rules'
-threads). Prints the table and the ratio ours / peer (target <= 1.25); writes
+Both sides are timed from process start to exit, alternating, with OMP_NUM_THREADS set to the model
+rules' threads in profiles/default/ (one). Prints the table and the ratio ours / peer (target <= 1.25); writes
 benchmarks/results/rl_arm.json.
 """
 
@@ -33,13 +33,16 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import yaml
 from bench_common import ROOT, base_model
 
 from fst.config import default_config
 
 RESULTS = ROOT / "benchmarks" / "results" / "rl_arm.json"
 SEED = 0  # the default's run seed
-THREADS = "2"  # the model rules' threads in profiles/default
+# the model rules' threads, as profiles/default/ sets them for the slow stage
+PROFILE = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
+THREADS = str(PROFILE["set-threads"]["slow"])
 
 
 def prepare(folder: Path, cfg: dict) -> dict[str, Path]:
