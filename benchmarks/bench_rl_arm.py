@@ -15,8 +15,8 @@ generated at once, as our rollout stage does), max tokens, temperature, LoRA and
 (fst.slow.grpo_args), our reward function; no checkpoints (TRL's loop keeps nothing between rounds).
 
 Both sides are timed from process start to exit, alternating, with OMP_NUM_THREADS set to the model
-rules' threads in profiles/default/ (one). Prints the table and the ratio ours / peer (target <= 1.25); writes
-benchmarks/results/rl_arm.json.
+rules' threads in profiles/default/ (one). Prints the table and the ratio ours / peer (target <= 1.25);
+writes benchmarks/results/rl_arm.json.
 """
 
 from __future__ import annotations
@@ -40,9 +40,8 @@ from fst.config import default_config
 
 RESULTS = ROOT / "benchmarks" / "results" / "rl_arm.json"
 SEED = 0  # the default's run seed
-# the model rules' threads, as profiles/default/ sets them for the slow stage
-PROFILE = yaml.safe_load((ROOT / "profiles" / "default" / "config.yaml").read_text())
-THREADS = str(PROFILE["set-threads"]["slow"])
+PROFILE = ROOT / "profiles" / "default" / "config.yaml"
+THREADS = str(yaml.safe_load(PROFILE.read_text())["set-threads"]["slow"])  # the model rules' threads
 
 
 def prepare(folder: Path, cfg: dict) -> dict[str, Path]:

@@ -65,8 +65,6 @@ def token_counts(experiment: Path) -> dict[str, dict[str, float]]:
         else:  # a KL entry: per completion its KL sum and token count, policy and base both run
             add("evaluation KL", (frame["counts"] > 0).sum() * prompt, frame["counts"].sum(), passes=2)
     for path in experiment.rglob("rollouts.parquet"):
-        if path.name != "rollouts.parquet":
-            continue
         frame = pd.read_parquet(path, columns=["prompt_ids", "completion_ids"])
         p, c = lengths(frame, "prompt_ids"), lengths(frame, "completion_ids")
         add("rollout", p, c)
